@@ -1,0 +1,166 @@
+"""Apply a `CompressionConfig` to a teacher and get a student, leaving the teacher untouched.
+
+`plan_student` checks a config against the teacher's architecture and derives the student's effective
+`VLMConfig` + connector without touching any weights, so an invalid config fails before any compute and
+FLOPs can be counted from the plan alone. `compress` builds the student from the plan and copies the kept
+weights over (position embeddings interpolated when the view size changes; a resampler starts fresh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlm.config import CompressionConfig, VLMConfig
+from vlm.model import ConnectorConfig, VisionLanguageModel
+
+logger = logging.getLogger(__name__)
+
+MAX_CROP_GRID = 8  # nanoVLM has crop tags <row_i_col_j> for i, j <= 8 only
+
+
+class CompressionError(ValueError):
+    """A CompressionConfig that cannot be applied to this teacher."""
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """Everything about a student that follows from (teacher config, compression config)."""
+
+    cfg: VLMConfig
+    connector: ConnectorConfig
+    kept_encoder_layers: tuple[int, ...]
+    kept_decoder_layers: tuple[int, ...]
+    compression: CompressionConfig
+
+    @property
+    def token_grid(self) -> int:
+        return self.connector.token_grid or self.cfg.native_token_grid
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.token_grid**2
+
+
+def _kept(n_layers: int, dropped: tuple[int, ...], tower: str) -> tuple[int, ...]:
+    bad = [i for i in dropped if not 0 <= i < n_layers]
+    if bad:
+        raise CompressionError(f"cannot drop {tower} layers {bad}: the teacher has layers 0..{n_layers - 1}")
+    kept = tuple(i for i in range(n_layers) if i not in set(dropped))
+    if not kept:
+        raise CompressionError(f"dropping all {n_layers} {tower} layers leaves no {tower}; keep at least one")
+    return kept
+
+
+def plan_student(teacher_cfg: VLMConfig, compression: CompressionConfig) -> StudentPlan:
+    """Validate `compression` against the teacher and derive the student's architecture (no compute)."""
+    patch = teacher_cfg.vit_patch_size
+    factor = teacher_cfg.mp_pixel_shuffle_factor
+    view = compression.view_size or teacher_cfg.vit_img_size
+    grid_side = compression.max_grid_side or teacher_cfg.max_grid_side
+    if view % patch:
+        raise CompressionError(f"view_size {view} must be a multiple of the patch size {patch}")
+    if grid_side > MAX_CROP_GRID:
+        raise CompressionError(f"max_grid_side {grid_side} exceeds {MAX_CROP_GRID}: nanoVLM has no crop tags beyond 8x8")
+    patches_per_side = view // patch
+    teacher_native = teacher_cfg.native_token_grid
+    kept_enc = _kept(teacher_cfg.vit_n_blocks, compression.drop_encoder_layers, "encoder")
+    kept_dec = _kept(teacher_cfg.lm_n_blocks, compression.drop_decoder_layers, "decoder")
+
+    if compression.resampler_width is None:
+        if patches_per_side % factor:
+            raise CompressionError(
+                f"view_size {view} gives a {patches_per_side}x{patches_per_side} patch grid, not divisible by the "
+                f"pixel-shuffle factor {factor}: use a multiple of {patch * factor} or a resampler"
+            )
+        native = patches_per_side // factor
+        grid = compression.token_grid or native
+        if grid > native:
+            raise CompressionError(
+                f"token_grid {grid} exceeds the {native}x{native} tokens that view_size {view} yields after pixel shuffle"
+            )
+        connector = ConnectorConfig(token_grid=None if grid == native else grid)
+        cfg = dataclasses.replace(
+            teacher_cfg,
+            vit_img_size=view,
+            max_img_size=view * grid_side,
+            mp_image_token_length=native * native,
+            vit_n_blocks=len(kept_enc),
+            lm_n_blocks=len(kept_dec),
+        )
+    else:
+        grid = compression.token_grid or teacher_native
+        if grid > teacher_native:
+            raise CompressionError(f"token_grid {grid} exceeds the teacher's native {teacher_native}")
+        # The resampler reads raw patches, so pixel shuffle is off (factor 1) in the effective config.
+        connector = ConnectorConfig(
+            token_grid=grid, resampler_width=compression.resampler_width, resampler_heads=compression.resampler_heads
+        )
+        cfg = dataclasses.replace(
+            teacher_cfg,
+            vit_img_size=view,
+            max_img_size=view * grid_side,
+            mp_pixel_shuffle_factor=1,
+            mp_image_token_length=patches_per_side * patches_per_side,
+            vit_n_blocks=len(kept_enc),
+            lm_n_blocks=len(kept_dec),
+        )
+    return StudentPlan(cfg, connector, kept_enc, kept_dec, compression)
+
+
+_ENC_LAYER = re.compile(r"^(vision_encoder\.(?:vision_model\.)?encoder\.layers\.)(\d+)(\..*)$")
+_DEC_LAYER = re.compile(r"^(decoder\.model\.layers\.)(\d+)(\..*)$")
+
+
+def _interpolate_positions(table: torch.Tensor, new_side: int) -> torch.Tensor:
+    """Bicubic resize of a square position-embedding table [P, D] to [new_side^2, D] (as SigLIP does)."""
+    side = int(round(table.shape[0] ** 0.5))
+    if side == new_side:
+        return table
+    grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()  # [1, D, s, s]
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(new_side * new_side, -1).to(table.dtype)
+
+
+def compress(teacher: VisionLanguageModel, compression: CompressionConfig) -> VisionLanguageModel:
+    """Build the student described by `compression` from `teacher`'s weights. The teacher is not modified."""
+    if teacher.connector_config != ConnectorConfig():
+        raise CompressionError("compress() needs an uncompressed teacher (pixel-shuffle projector, native grid)")
+    plan = plan_student(teacher.cfg, compression)
+    param = next(teacher.parameters())
+    with torch.device(param.device):
+        student = VisionLanguageModel(plan.cfg, teacher.image_token_id, plan.connector)
+    student.to(dtype=param.dtype)
+    enc_map = {old: new for new, old in enumerate(plan.kept_encoder_layers)}
+    dec_map = {old: new for new, old in enumerate(plan.kept_decoder_layers)}
+    targets = student.state_dict()
+    state = {}
+    for key, tensor in teacher.state_dict().items():
+        for pattern, mapping in ((_ENC_LAYER, enc_map), (_DEC_LAYER, dec_map)):
+            match = pattern.match(key)
+            if match:
+                old = int(match.group(2))
+                key = f"{match.group(1)}{mapping[old]}{match.group(3)}" if old in mapping else None
+                break
+        if key is None or key not in targets:
+            continue  # a dropped layer, or the projector replaced by a resampler
+        if key.endswith("embeddings.position_embedding.weight"):
+            tensor = _interpolate_positions(tensor, plan.cfg.vit_img_size // plan.cfg.vit_patch_size)
+        elif key.endswith("embeddings.position_ids"):
+            continue
+        state[key] = tensor.detach().clone()
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    allowed_missing = {k for k in targets if k.startswith("connector.") and plan.connector.resampler_width}
+    allowed_missing |= {k for k in targets if k.endswith("position_ids") or k == "decoder.lm_head.weight"}
+    bad = [k for k in missing if k not in allowed_missing]
+    if bad or unexpected:
+        raise CompressionError(f"weight transfer incomplete: missing {bad[:5]}, unexpected {unexpected[:5]}")
+    student.compression = compression
+    student.eval()
+    logger.debug("compressed %s -> %.2fM parameters", compression, sum(p.numel() for p in student.parameters()) / 1e6)
+    return student

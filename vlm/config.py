@@ -1,0 +1,204 @@
+"""Configuration dataclasses: the nanoVLM model config and the compression config.
+
+`VLMConfig` mirrors the fields nanoVLM writes to `config.json` (prefixes `vit_`, `lm_`, `mp_`), so a
+checkpoint's config loads as-is. `CompressionConfig` describes one student; `vlm.compression.compress`
+applies it to a teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def default_extra_tokens() -> dict[str, str]:
+    """nanoVLM's 66 extra special tokens: image token, global-image token, and an 8x8 grid of crop tags."""
+    tokens = {"image_token": "<|image|>", "global_image_token": "<|global_image|>"}
+    for row in range(1, 9):
+        for col in range(1, 9):
+            tokens[f"r{row}c{col}"] = f"<row_{row}_col_{col}>"
+    return tokens
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """nanoVLM's VLMConfig fields that define the architecture, tokenizer and image pipeline.
+
+    Defaults are nanoVLM's (the ~460M `lusxvr/nanoVLM`): SigLIP2-base-patch16-512 + SmolLM2-360M.
+    """
+
+    vit_hidden_dim: int = 768
+    vit_inter_dim: int = 3072
+    vit_patch_size: int = 16
+    vit_img_size: int = 512
+    vit_n_heads: int = 12
+    vit_dropout: float = 0.0
+    vit_n_blocks: int = 12
+    vit_ln_eps: float = 1e-6
+    vit_cls_flag: bool = False
+    vit_model_type: str = "google/siglip2-base-patch16-512"
+
+    lm_hidden_dim: int = 960
+    lm_inter_dim: int = 2560
+    lm_rms_eps: float = 1e-5
+    lm_re_base: int = 100000
+    lm_max_position_embeddings: int = 8192
+    lm_base_vocab_size: int = 49152
+    extra_token_amount: int = 66
+    lm_vocab_size: int = 49152 + 66
+    lm_n_heads: int = 15
+    lm_n_kv_heads: int = 5
+    lm_dropout: float = 0.0
+    lm_n_blocks: int = 32
+    lm_attn_scaling: float = 1.0
+    lm_max_length: int = 4096
+    lm_use_tokens: bool = False
+    lm_tie_weights: bool = True
+    lm_model_type: str = "HuggingFaceTB/SmolLM2-360M-Instruct"
+    lm_tokenizer: str = "HuggingFaceTB/SmolLM2-360M-Instruct"
+    lm_chat_template: str = CHAT_TEMPLATE
+
+    mp_pixel_shuffle_factor: int = 4
+    mp_image_token_length: int = 64
+
+    max_img_size: int = 2048
+    resize_to_max_side_len: bool = True
+
+    vlm_extra_tokens: dict[str, str] = field(default_factory=default_extra_tokens)
+
+    def __post_init__(self) -> None:
+        if self.vit_cls_flag:
+            raise ValueError("vit_cls_flag=True is not supported: nanoVLM's SigLIP encoder has no CLS token")
+        if self.vit_img_size % self.vit_patch_size:
+            raise ValueError(f"vit_img_size {self.vit_img_size} is not a multiple of vit_patch_size {self.vit_patch_size}")
+        grid = self.vit_img_size // self.vit_patch_size
+        if grid % self.mp_pixel_shuffle_factor:
+            raise ValueError(
+                f"the patch grid ({grid}x{grid}) is not divisible by mp_pixel_shuffle_factor {self.mp_pixel_shuffle_factor}"
+            )
+        if (grid // self.mp_pixel_shuffle_factor) ** 2 != self.mp_image_token_length:
+            raise ValueError(
+                f"mp_image_token_length {self.mp_image_token_length} does not match the pixel-shuffled grid "
+                f"({grid // self.mp_pixel_shuffle_factor}^2)"
+            )
+        if self.vit_hidden_dim % self.vit_n_heads or self.lm_hidden_dim % self.lm_n_heads:
+            raise ValueError("hidden sizes must be divisible by the number of attention heads")
+        if self.lm_n_heads % self.lm_n_kv_heads:
+            raise ValueError(f"lm_n_heads {self.lm_n_heads} must be a multiple of lm_n_kv_heads {self.lm_n_kv_heads}")
+        if self.max_img_size % self.vit_img_size:
+            raise ValueError(f"max_img_size {self.max_img_size} must be a multiple of vit_img_size {self.vit_img_size}")
+
+    @property
+    def native_token_grid(self) -> int:
+        """Visual tokens per side of one view after pixel shuffle (8 for nanoVLM)."""
+        return self.vit_img_size // self.vit_patch_size // self.mp_pixel_shuffle_factor
+
+    @property
+    def max_grid_side(self) -> int:
+        """Largest number of crops along the image's long side (4 for nanoVLM: 2048 / 512)."""
+        return self.max_img_size // self.vit_img_size
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VLMConfig:
+        """Build from a nanoVLM `config.json` dict; fields we do not model (training paths etc.) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        # nanoVLM derives lm_vocab_size from the two counts; honour an explicit value but fill a missing one.
+        if "lm_vocab_size" not in kwargs and ("lm_base_vocab_size" in kwargs or "extra_token_amount" in kwargs):
+            kwargs["lm_vocab_size"] = kwargs.get("lm_base_vocab_size", 49152) + kwargs.get("extra_token_amount", 66)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> VLMConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """One compressed student, described relative to its teacher.
+
+    Attributes:
+        token_grid: k, so each view yields k*k visual tokens (1..native grid, 8 for nanoVLM). With the
+            pixel-shuffle projector the projector's output grid is average-pooled to k x k; with a
+            resampler, k*k learned queries.
+        view_size: pixels per side of one view (None = the teacher's `vit_img_size`). Position
+            embeddings are interpolated to the new patch grid.
+        max_grid_side: the largest number of crops along the image's long side (None = the teacher's,
+            4 for nanoVLM). 1 means a single view: the whole image squashed, i.e. the global view alone.
+        drop_decoder_layers / drop_encoder_layers: indices of blocks removed from each tower.
+        resampler_width: None keeps pixel shuffle + projector; an int replaces them with a Perceiver-style
+            cross-attention resampler of that width, initialised from scratch.
+        resampler_heads: attention heads of the resampler (its width must be divisible by it).
+    """
+
+    token_grid: int | None = None
+    view_size: int | None = None
+    max_grid_side: int | None = None
+    drop_decoder_layers: tuple[int, ...] = ()
+    drop_encoder_layers: tuple[int, ...] = ()
+    resampler_width: int | None = None
+    resampler_heads: int = 4
+
+    def __post_init__(self) -> None:
+        # Normalise lists from JSON into sorted tuples so equal configs compare and hash equal.
+        object.__setattr__(self, "drop_decoder_layers", tuple(sorted(set(int(i) for i in self.drop_decoder_layers))))
+        object.__setattr__(self, "drop_encoder_layers", tuple(sorted(set(int(i) for i in self.drop_encoder_layers))))
+        if self.token_grid is not None and self.token_grid < 1:
+            raise ValueError(f"token_grid must be >= 1, got {self.token_grid}")
+        if self.view_size is not None and self.view_size < 1:
+            raise ValueError(f"view_size must be >= 1, got {self.view_size}")
+        if self.max_grid_side is not None and self.max_grid_side < 1:
+            raise ValueError(f"max_grid_side must be >= 1 (1 = global view only), got {self.max_grid_side}")
+        if self.resampler_width is not None:
+            if self.resampler_width < 1 or self.resampler_width % self.resampler_heads:
+                raise ValueError(
+                    f"resampler_width {self.resampler_width} must be positive and divisible by "
+                    f"resampler_heads {self.resampler_heads}"
+                )
+
+    @property
+    def is_identity(self) -> bool:
+        return self == CompressionConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["drop_decoder_layers"] = list(self.drop_decoder_layers)
+        data["drop_encoder_layers"] = list(self.drop_encoder_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown CompressionConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> CompressionConfig:
+        """Parse a JSON string or a path to a JSON file."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the image processor and prompt builder need to know about a (possibly compressed) model."""
+
+    view_size: int
+    max_grid_side: int
+    tokens_per_view: int
+    resize_to_max_side_len: bool = True
