@@ -5,7 +5,7 @@ nanoVLM's `save_pretrained` writes `config.json` (its VLMConfig as a dict) and `
 the file may hold only one). We map those keys onto transformers' SigLIP and Llama modules and back.
 
 Compressed students are saved in the same layout with the *effective* VLMConfig (fewer blocks, the new view
-size) plus `compression.json` holding the connector (pooled grid or resampler) and the CompressionConfig
+size) plus `vlm_compress.json` holding the connector (pooled grid or resampler) and the CompressionConfig
 that produced it; resampler weights live under `resampler.*`.
 """
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-COMPRESSION_FILE = "compression.json"
+EXTRAS_FILE = "vlm_compress.json"  # connector, image token id, CompressionConfig, provenance
 TOKENIZER_DIR = "tokenizer"
 HEAD_KEY = "decoder.head.weight"
 EMBED_KEY = "decoder.token_embedding.weight"
@@ -57,7 +57,9 @@ def _same(key: str, ours: str) -> KeyRule:
 
 def _vision_prefix(model: VisionLanguageModel) -> str:
     # transformers 4.x wraps the tower in `.vision_model`; 5.x does not.
-    return "vision_encoder.vision_model." if hasattr(model.vision_encoder, "vision_model") else "vision_encoder."
+    return (
+        "vision_encoder.vision_model." if hasattr(model.vision_encoder, "vision_model") else "vision_encoder."
+    )
 
 
 def key_rules(model: VisionLanguageModel) -> list[KeyRule]:
@@ -110,13 +112,17 @@ def key_rules(model: VisionLanguageModel) -> list[KeyRule]:
     if not cfg.lm_tie_weights:
         rules.append(_same(HEAD_KEY, "decoder.lm_head.weight"))
     if isinstance(model.connector, PerceiverResampler):
-        rules += [_same(f"resampler.{name}", f"connector.{name}") for name, _ in model.connector.named_parameters()]
+        rules += [
+            _same(f"resampler.{name}", f"connector.{name}") for name, _ in model.connector.named_parameters()
+        ]
     else:
         rules.append(_same("MP.proj.weight", "connector.proj.weight"))
     return rules
 
 
-def nanovlm_state_to_ours(state: dict[str, torch.Tensor], model: VisionLanguageModel) -> dict[str, torch.Tensor]:
+def nanovlm_state_to_ours(
+    state: dict[str, torch.Tensor], model: VisionLanguageModel
+) -> dict[str, torch.Tensor]:
     """Convert a nanoVLM-layout state dict for `model`, failing with the offending key on any mismatch."""
     state = dict(state)
     if model.cfg.lm_tie_weights:
@@ -129,15 +135,21 @@ def nanovlm_state_to_ours(state: dict[str, torch.Tensor], model: VisionLanguageM
     inv_freq = state.pop(INV_FREQ_KEY, None)
     if inv_freq is not None:
         ours = model.decoder.model.rotary_emb.inv_freq
-        if inv_freq.shape != ours.shape or not torch.allclose(inv_freq.float(), ours.float().cpu(), rtol=1e-4):
-            raise CheckpointError(f"{INV_FREQ_KEY} does not match lm_re_base={model.cfg.lm_re_base} of config.json")
+        if inv_freq.shape != ours.shape or not torch.allclose(
+            inv_freq.float(), ours.float().cpu(), rtol=1e-4
+        ):
+            raise CheckpointError(
+                f"{INV_FREQ_KEY} does not match lm_re_base={model.cfg.lm_re_base} of config.json"
+            )
 
     rules = key_rules(model)
     expected = {r.nano_key for r in rules}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing:
-        raise CheckpointError(f"checkpoint is missing key {missing[0]!r} ({len(missing)} missing in all: {missing[:5]})")
+        raise CheckpointError(
+            f"checkpoint is missing key {missing[0]!r} ({len(missing)} missing in all: {missing[:5]})"
+        )
     if unexpected:
         raise CheckpointError(
             f"checkpoint has unexpected key {unexpected[0]!r} ({len(unexpected)} in all: {unexpected[:5]}); "
@@ -180,7 +192,9 @@ def _resolve_files(path_or_repo_id: str, revision: str | None) -> Path:
     path = Path(path_or_repo_id)
     if path.exists():
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} is not a folder: pass a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise FileNotFoundError(
+                f"{path} is not a folder: pass a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name} not found: a nanoVLM checkpoint folder needs {name}")
@@ -190,7 +204,7 @@ def _resolve_files(path_or_repo_id: str, revision: str | None) -> Path:
     try:
         return Path(
             snapshot_download(
-                path_or_repo_id, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, COMPRESSION_FILE]
+                path_or_repo_id, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, EXTRAS_FILE]
             )
         )
     except Exception as exc:  # network, auth or missing repo: one clear message
@@ -226,7 +240,7 @@ def load_pretrained(
     """
     folder = _resolve_files(str(path_or_repo_id), revision)
     cfg = VLMConfig.from_json(folder / CONFIG_FILE)
-    extras = json.loads((folder / COMPRESSION_FILE).read_text()) if (folder / COMPRESSION_FILE).is_file() else {}
+    extras = json.loads((folder / EXTRAS_FILE).read_text()) if (folder / EXTRAS_FILE).is_file() else {}
     connector = ConnectorConfig(**extras.get("connector", {}))
     token_id = image_token_id if image_token_id is not None else _image_token_id_for(folder, cfg, extras)
     model = VisionLanguageModel(cfg, token_id, connector, attn_implementation=attn_implementation)
@@ -235,11 +249,15 @@ def load_pretrained(
     # Only the tied head may be absent (it shares the embedding's storage).
     real_missing = [k for k in missing if not (cfg.lm_tie_weights and k == "decoder.lm_head.weight")]
     if real_missing or unexpected:
-        raise CheckpointError(f"internal key map incomplete: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"internal key map incomplete: missing {real_missing[:5]}, unexpected {unexpected[:5]}"
+        )
     model.eval()
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
-    logger.info("loaded %s (%.1fM parameters)", path_or_repo_id, sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info(
+        "loaded %s (%.1fM parameters)", path_or_repo_id, sum(p.numel() for p in model.parameters()) / 1e6
+    )
     return model
 
 
@@ -266,7 +284,7 @@ def save_pretrained(
                 "resampler_heads": connector.resampler_heads,
             }
             info["image_token_id"] = model.image_token_id
-            (tmp / COMPRESSION_FILE).write_text(json.dumps(info, indent=2))
+            (tmp / EXTRAS_FILE).write_text(json.dumps(info, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         if out_dir.exists():

@@ -66,7 +66,9 @@ def plan_student(teacher_cfg: VLMConfig, compression: CompressionConfig) -> Stud
     if view % patch:
         raise CompressionError(f"view_size {view} must be a multiple of the patch size {patch}")
     if grid_side > MAX_CROP_GRID:
-        raise CompressionError(f"max_grid_side {grid_side} exceeds {MAX_CROP_GRID}: nanoVLM has no crop tags beyond 8x8")
+        raise CompressionError(
+            f"max_grid_side {grid_side} exceeds {MAX_CROP_GRID}: nanoVLM has no crop tags beyond 8x8"
+        )
     patches_per_side = view // patch
     teacher_native = teacher_cfg.native_token_grid
     kept_enc = _kept(teacher_cfg.vit_n_blocks, compression.drop_encoder_layers, "encoder")
@@ -99,7 +101,9 @@ def plan_student(teacher_cfg: VLMConfig, compression: CompressionConfig) -> Stud
             raise CompressionError(f"token_grid {grid} exceeds the teacher's native {teacher_native}")
         # The resampler reads raw patches, so pixel shuffle is off (factor 1) in the effective config.
         connector = ConnectorConfig(
-            token_grid=grid, resampler_width=compression.resampler_width, resampler_heads=compression.resampler_heads
+            token_grid=grid,
+            resampler_width=compression.resampler_width,
+            resampler_heads=compression.resampler_heads,
         )
         cfg = dataclasses.replace(
             teacher_cfg,
@@ -130,7 +134,9 @@ def _interpolate_positions(table: torch.Tensor, new_side: int) -> torch.Tensor:
 def compress(teacher: VisionLanguageModel, compression: CompressionConfig) -> VisionLanguageModel:
     """Build the student described by `compression` from `teacher`'s weights. The teacher is not modified."""
     if teacher.connector_config != ConnectorConfig():
-        raise CompressionError("compress() needs an uncompressed teacher (pixel-shuffle projector, native grid)")
+        raise CompressionError(
+            "compress() needs an uncompressed teacher (pixel-shuffle projector, native grid)"
+        )
     plan = plan_student(teacher.cfg, compression)
     param = next(teacher.parameters())
     with torch.device(param.device):
@@ -162,5 +168,7 @@ def compress(teacher: VisionLanguageModel, compression: CompressionConfig) -> Vi
         raise CompressionError(f"weight transfer incomplete: missing {bad[:5]}, unexpected {unexpected[:5]}")
     student.compression = compression
     student.eval()
-    logger.debug("compressed %s -> %.2fM parameters", compression, sum(p.numel() for p in student.parameters()) / 1e6)
+    logger.debug(
+        "compressed %s -> %.2fM parameters", compression, sum(p.numel() for p in student.parameters()) / 1e6
+    )
     return student

@@ -78,7 +78,9 @@ class VLMConfig:
         if self.vit_cls_flag:
             raise ValueError("vit_cls_flag=True is not supported: nanoVLM's SigLIP encoder has no CLS token")
         if self.vit_img_size % self.vit_patch_size:
-            raise ValueError(f"vit_img_size {self.vit_img_size} is not a multiple of vit_patch_size {self.vit_patch_size}")
+            raise ValueError(
+                f"vit_img_size {self.vit_img_size} is not a multiple of vit_patch_size {self.vit_patch_size}"
+            )
         grid = self.vit_img_size // self.vit_patch_size
         if grid % self.mp_pixel_shuffle_factor:
             raise ValueError(
@@ -92,9 +94,13 @@ class VLMConfig:
         if self.vit_hidden_dim % self.vit_n_heads or self.lm_hidden_dim % self.lm_n_heads:
             raise ValueError("hidden sizes must be divisible by the number of attention heads")
         if self.lm_n_heads % self.lm_n_kv_heads:
-            raise ValueError(f"lm_n_heads {self.lm_n_heads} must be a multiple of lm_n_kv_heads {self.lm_n_kv_heads}")
+            raise ValueError(
+                f"lm_n_heads {self.lm_n_heads} must be a multiple of lm_n_kv_heads {self.lm_n_kv_heads}"
+            )
         if self.max_img_size % self.vit_img_size:
-            raise ValueError(f"max_img_size {self.max_img_size} must be a multiple of vit_img_size {self.vit_img_size}")
+            raise ValueError(
+                f"max_img_size {self.max_img_size} must be a multiple of vit_img_size {self.vit_img_size}"
+            )
 
     @property
     def native_token_grid(self) -> int:
@@ -112,8 +118,12 @@ class VLMConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         # nanoVLM derives lm_vocab_size from the two counts; honour an explicit value but fill a missing one.
-        if "lm_vocab_size" not in kwargs and ("lm_base_vocab_size" in kwargs or "extra_token_amount" in kwargs):
-            kwargs["lm_vocab_size"] = kwargs.get("lm_base_vocab_size", 49152) + kwargs.get("extra_token_amount", 66)
+        if "lm_vocab_size" not in kwargs and (
+            "lm_base_vocab_size" in kwargs or "extra_token_amount" in kwargs
+        ):
+            kwargs["lm_vocab_size"] = kwargs.get("lm_base_vocab_size", 49152) + kwargs.get(
+                "extra_token_amount", 66
+            )
         return cls(**kwargs)
 
     @classmethod
@@ -152,8 +162,12 @@ class CompressionConfig:
 
     def __post_init__(self) -> None:
         # Normalise lists from JSON into sorted tuples so equal configs compare and hash equal.
-        object.__setattr__(self, "drop_decoder_layers", tuple(sorted(set(int(i) for i in self.drop_decoder_layers))))
-        object.__setattr__(self, "drop_encoder_layers", tuple(sorted(set(int(i) for i in self.drop_encoder_layers))))
+        object.__setattr__(
+            self, "drop_decoder_layers", tuple(sorted(set(int(i) for i in self.drop_decoder_layers)))
+        )
+        object.__setattr__(
+            self, "drop_encoder_layers", tuple(sorted(set(int(i) for i in self.drop_encoder_layers)))
+        )
         if self.token_grid is not None and self.token_grid < 1:
             raise ValueError(f"token_grid must be >= 1, got {self.token_grid}")
         if self.view_size is not None and self.view_size < 1:

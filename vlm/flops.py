@@ -117,7 +117,9 @@ def decode_flops(cfg: VLMConfig, prompt_tokens: int, answer_tokens: int) -> int:
     total = 0
     for step in range(max(answer_tokens - 1, 0)):
         context = prompt_tokens + step + 1
-        total += cfg.lm_n_blocks * _decoder_layer_macs(cfg, 1, context) + cfg.lm_hidden_dim * cfg.lm_vocab_size
+        total += (
+            cfg.lm_n_blocks * _decoder_layer_macs(cfg, 1, context) + cfg.lm_hidden_dim * cfg.lm_vocab_size
+        )
     return 2 * total
 
 
@@ -181,7 +183,6 @@ class _Call(nn.Module):
 
 def _fvcore_count(module: nn.Module, fn, inputs: tuple[torch.Tensor, ...]) -> int:
     from fvcore.nn import FlopCountAnalysis
-
     from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
 
     # fvcore's defaults minus its elementwise handles (norms, pooling), plus the two ops it lacks.
@@ -195,7 +196,9 @@ def _fvcore_count(module: nn.Module, fn, inputs: tuple[torch.Tensor, ...]) -> in
     return 2 * int(analysis.total())  # fvcore: 1 per multiply-add
 
 
-def fvcore_flops(model: VisionLanguageModel, n_views: int, prompt_tokens: int, answer_tokens: int = 1) -> FlopBreakdown:
+def fvcore_flops(
+    model: VisionLanguageModel, n_views: int, prompt_tokens: int, answer_tokens: int = 1
+) -> FlopBreakdown:
     """Automatic count on `model` (any device, meta included): one view, one prefill, each decode step."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -213,7 +216,9 @@ def fvcore_flops(model: VisionLanguageModel, n_views: int, prompt_tokens: int, a
         )
         embeds = torch.zeros(1, prompt_tokens, cfg.lm_hidden_dim, device=device, dtype=dtype)
         prefill = _fvcore_count(
-            model, lambda e: model.decoder(inputs_embeds=e, use_cache=False, logits_to_keep=1).logits, (embeds,)
+            model,
+            lambda e: model.decoder(inputs_embeds=e, use_cache=False, logits_to_keep=1).logits,
+            (embeds,),
         )
         decode = 0
         for step in range(max(answer_tokens - 1, 0)):
@@ -233,11 +238,17 @@ def _decode_step(model: VisionLanguageModel, context: int):
     def step(embed: torch.Tensor) -> torch.Tensor:
         cache = DynamicCache(config=model.decoder.config)
         for layer in range(cfg.lm_n_blocks):
-            past = torch.zeros(1, cfg.lm_n_kv_heads, context - 1, head_dim, device=param.device, dtype=param.dtype)
+            past = torch.zeros(
+                1, cfg.lm_n_kv_heads, context - 1, head_dim, device=param.device, dtype=param.dtype
+            )
             cache.update(past, past.clone(), layer)
         positions = torch.full((1, 1), context - 1, device=param.device)
         return model.decoder(
-            inputs_embeds=embed, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1
+            inputs_embeds=embed,
+            past_key_values=cache,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
         ).logits
 
     return step
@@ -251,7 +262,9 @@ def image_tokens(spec: ImageSpec, image_size: tuple[int, int]) -> tuple[int, int
 
 
 def plan_image_spec(plan: StudentPlan) -> ImageSpec:
-    return ImageSpec(plan.cfg.vit_img_size, plan.cfg.max_grid_side, plan.tokens_per_view, plan.cfg.resize_to_max_side_len)
+    return ImageSpec(
+        plan.cfg.vit_img_size, plan.cfg.max_grid_side, plan.tokens_per_view, plan.cfg.resize_to_max_side_len
+    )
 
 
 def build_on_meta(plan: StudentPlan) -> VisionLanguageModel:
@@ -283,7 +296,9 @@ def count_question(
     if with_fvcore:
         auto = fvcore_flops(build_on_meta(plan), views, prompt, answer_tokens).to_dict()
         result["fvcore"] = auto
-        result["relative_difference"] = abs(auto["total"] - result["analytic"]["total"]) / result["analytic"]["total"]
+        result["relative_difference"] = (
+            abs(auto["total"] - result["analytic"]["total"]) / result["analytic"]["total"]
+        )
     return result
 
 
@@ -317,8 +332,12 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FLOPs per question of nanoVLM or a compressed student.")
-    parser.add_argument("--config", default="default", help="config.json, checkpoint folder, hub id, or 'default'")
-    parser.add_argument("--image-size", type=_parse_size, default=(640, 480), help="WIDTHxHEIGHT of the image")
+    parser.add_argument(
+        "--config", default="default", help="config.json, checkpoint folder, hub id, or 'default'"
+    )
+    parser.add_argument(
+        "--image-size", type=_parse_size, default=(640, 480), help="WIDTHxHEIGHT of the image"
+    )
     parser.add_argument(
         "--prompt-tokens",
         type=int,
@@ -334,14 +353,18 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config(args.config)
     compression = CompressionConfig.from_json(args.compression) if args.compression else CompressionConfig()
-    teacher_spec = ImageSpec(cfg.vit_img_size, cfg.max_grid_side, cfg.mp_image_token_length, cfg.resize_to_max_side_len)
+    teacher_spec = ImageSpec(
+        cfg.vit_img_size, cfg.max_grid_side, cfg.mp_image_token_length, cfg.resize_to_max_side_len
+    )
     _, teacher_image_tokens = image_tokens(teacher_spec, args.image_size)
     text_tokens = args.prompt_tokens - teacher_image_tokens
     if text_tokens < 0:
         raise SystemExit(
             f"--prompt-tokens {args.prompt_tokens} is shorter than the {teacher_image_tokens} image tokens this image needs"
         )
-    result = count_question(cfg, compression, args.image_size, text_tokens, args.answer_tokens, not args.no_fvcore)
+    result = count_question(
+        cfg, compression, args.image_size, text_tokens, args.answer_tokens, not args.no_fvcore
+    )
     result["compression"] = compression.to_dict()
     print(json.dumps(result, indent=2))
 

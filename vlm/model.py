@@ -103,7 +103,9 @@ class PerceiverResampler(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.o_proj = nn.Linear(width, width)
         self.norm_mlp = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(approximate="tanh"), nn.Linear(2 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.GELU(approximate="tanh"), nn.Linear(2 * width, width)
+        )
         self.out = nn.Linear(width, lm_dim)
 
     @property
@@ -172,10 +174,16 @@ class VisionLanguageModel(nn.Module):
         super().__init__()
         connector = connector or ConnectorConfig()
         native = cfg.native_token_grid
-        if connector.token_grid is not None and connector.resampler_width is None and connector.token_grid > native:
+        if (
+            connector.token_grid is not None
+            and connector.resampler_width is None
+            and connector.token_grid > native
+        ):
             raise ValueError(f"token_grid {connector.token_grid} exceeds the native {native}x{native} grid")
         if not 0 <= image_token_id < cfg.lm_vocab_size:
-            raise ValueError(f"image_token_id {image_token_id} is outside the vocabulary (size {cfg.lm_vocab_size})")
+            raise ValueError(
+                f"image_token_id {image_token_id} is outside the vocabulary (size {cfg.lm_vocab_size})"
+            )
         self.cfg = cfg
         self.connector_config = connector
         self.image_token_id = image_token_id
@@ -189,7 +197,11 @@ class VisionLanguageModel(nn.Module):
         else:
             grid = connector.token_grid or native
             self.connector = PerceiverResampler(
-                cfg.vit_hidden_dim, cfg.lm_hidden_dim, connector.resampler_width, grid * grid, connector.resampler_heads
+                cfg.vit_hidden_dim,
+                cfg.lm_hidden_dim,
+                connector.resampler_width,
+                grid * grid,
+                connector.resampler_heads,
             )
         decoder_cfg = llama_config(cfg)
         decoder_cfg._attn_implementation = attn_implementation
@@ -270,7 +282,9 @@ class VisionLanguageModel(nn.Module):
         logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits [B, T, V] (or the last `logits_to_keep` positions). `images`: all views [N, 3, S, S] in order."""
-        image_embeds = None if images is None or images.numel() == 0 else self.project(self.encode_vision(images))
+        image_embeds = (
+            None if images is None or images.numel() == 0 else self.project(self.encode_vision(images))
+        )
         return self.language_forward(input_ids, image_embeds, attention_mask, logits_to_keep)
 
     @torch.no_grad()
@@ -286,7 +300,9 @@ class VisionLanguageModel(nn.Module):
 
         Returns the new token ids [B, <= max_new_tokens]; positions after a row's EOS hold EOS.
         """
-        image_embeds = None if images is None or images.numel() == 0 else self.project(self.encode_vision(images))
+        image_embeds = (
+            None if images is None or images.numel() == 0 else self.project(self.encode_vision(images))
+        )
         embeds = self.embed(input_ids, image_embeds)
         batch, length = input_ids.shape
         if attention_mask is None:
