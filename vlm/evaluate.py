@@ -103,14 +103,14 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
 VisionFn = Callable[[torch.Tensor, Sequence[str], Sequence[int]], torch.Tensor]
 
 
-@torch.no_grad()
 def mcq_letter_logits(
     model: VisionLanguageModel,
     batch: dict,
     letter_ids: Sequence[int],
     vision_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits of the choice letters at the last prompt position: [B, n_choices]."""
+    """Logits of the choice letters at the last prompt position: [B, n_choices] (differentiable: wrap in
+    `torch.no_grad()` to evaluate)."""
     device = next(model.parameters()).device
     features = (
         vision_features if vision_features is not None else model.encode_vision(batch["images"].to(device))
@@ -145,7 +145,8 @@ def iter_mcq(
         features = None
         if vision_fn is not None:
             features = vision_fn(batch["images"], [e.question_id for e in chunk], batch["n_views"])
-        logits = mcq_letter_logits(model, batch, letter_ids, features)
+        with torch.no_grad():
+            logits = mcq_letter_logits(model, batch, letter_ids, features)
         # Questions with fewer than 4 choices must never pick a missing letter.
         for row, example in enumerate(chunk):
             logits[row, len(example.choices) :] = float("-inf")

@@ -1,0 +1,178 @@
+"""The objective: trial -> CompressionConfig -> student -> (GFLOPs per question, proxy accuracy).
+
+Study-level facts are measured once and cached in the study's user attributes, so every worker and every
+resumed run reads the same values: the teacher's accuracy X on the validation subset, its FLOPs, and the
+block-importance ranking. The objective itself keeps no state between trials beyond memoisation caches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from search.importance import block_influence, drop_order
+from search.space import suggest_compression
+from search.study_config import StudyConfig
+from search.trial_eval import SubsetEvaluator
+from search.warmup import teacher_letter_logits, warm_up_resampler
+from search.world import load_split, load_teacher
+from vlm.compression import CompressionError, compress, plan_student
+from vlm.evaluate import EvalConfig
+from vlm.flops import CONVENTION
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_NAMES = ["gflops_per_question", "accuracy"]
+CONSTRAINT_ATTR = "constraint"  # [ratio * X - accuracy]: feasible when <= 0 (also given to the sampler)
+
+
+@dataclass
+class Baseline:
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int
+    gflops: float
+
+    @property
+    def as_attr(self) -> dict:
+        return self.__dict__.copy()
+
+
+class SearchContext:
+    """Everything trials share: teacher, tokenizer, the scored subset, caches and the study-level facts."""
+
+    def __init__(self, config: StudyConfig, study: optuna.Study):
+        self.config = config
+        self.teacher, self.tokenizer = load_teacher(config.model)
+        data = config.data
+        eval_config = EvalConfig(batch_size=config.search.batch_size, show_progress=False)
+        cache_bytes = config.search.feature_cache_mb << 20
+        subset = load_split(data, data.split, data.subset_size)
+        self.subset = SubsetEvaluator(self.tokenizer, subset, eval_config, cache_bytes)
+        self._warmup: SubsetEvaluator | None = None
+        self._warmup_logits: torch.Tensor | None = None
+        self.baseline = self._baseline(study)
+        self.decoder_order, self.encoder_order = self._layer_orders(study)
+
+    # ----- study-level facts, measured once and stored in the study --------------------------------------
+    def _baseline(self, study: optuna.Study) -> Baseline:
+        cached = study.user_attrs.get("baseline")
+        if cached and cached.get("n") == len(self.subset.examples):
+            return Baseline(**cached)
+        logger.info(
+            "measuring the teacher's accuracy X on %d validation questions", len(self.subset.examples)
+        )
+        plan = plan_student(self.teacher.cfg, _identity())
+        score = self.subset.score(self.teacher, plan)
+        low, high = score.result.interval
+        cost = self.subset.cost(self.teacher, plan)
+        baseline = Baseline(score.accuracy, low, high, score.result.n, cost.flops / 1e9)
+        study.set_user_attr("baseline", baseline.as_attr)
+        study.set_user_attr("flop_convention", CONVENTION)
+        study.set_user_attr("study_config", self.config.to_dict())
+        return baseline
+
+    def _layer_orders(self, study: optuna.Study) -> tuple[list[int], list[int]]:
+        cached = study.user_attrs.get("block_importance")
+        if cached is None:
+            calibration = load_split(
+                self.config.data, self.config.data.train_split, self.config.data.calibration_size
+            )
+            decoder, encoder = block_influence(self.teacher, self.tokenizer, calibration)
+            cached = {"decoder": decoder, "encoder": encoder}
+            study.set_user_attr("block_importance", cached)
+        return drop_order(cached["decoder"]), drop_order(cached["encoder"])
+
+    # ----- resampler warm-up data, loaded on first use ----------------------------------------------------
+    def warmup_data(self) -> tuple[SubsetEvaluator, torch.Tensor]:
+        if self._warmup is None:
+            data = self.config.data
+            examples = load_split(data, data.train_split, data.warmup_size, seed=data.subset_seed + 1)
+            self._warmup = SubsetEvaluator(
+                self.tokenizer, examples, self.subset.eval_config, self.config.search.feature_cache_mb << 19
+            )
+            self._warmup_logits = teacher_letter_logits(
+                self.teacher, self._warmup, self.config.search.batch_size
+            )
+        return self._warmup, self._warmup_logits
+
+    @property
+    def threshold(self) -> float:
+        return self.config.search.constraint_ratio * self.baseline.accuracy
+
+    @property
+    def promotion_threshold(self) -> float:
+        return self.threshold - self.config.search.promotion_margin
+
+
+def _identity():
+    from vlm.config import CompressionConfig
+
+    return CompressionConfig()
+
+
+class Objective:
+    """Callable for `study.optimize`. Invalid configs are pruned with their reason; errors fail the trial."""
+
+    def __init__(self, context: SearchContext):
+        self.context = context
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        start = time.time()
+        ctx = self.context
+        search = ctx.config.search
+        compression = suggest_compression(trial, ctx.config.space, ctx.decoder_order, ctx.encoder_order)
+        trial.set_user_attr("config", compression.to_dict())
+        try:
+            plan = plan_student(ctx.teacher.cfg, compression)
+        except CompressionError as err:
+            trial.set_user_attr("invalid_reason", str(err))
+            raise optuna.TrialPruned(f"invalid config: {err}") from err
+        try:
+            student = compress(ctx.teacher, compression)
+            cost = ctx.subset.cost(student, plan)
+            if compression.resampler_width is not None:
+                warmup, teacher_logits = ctx.warmup_data()
+                loss = warm_up_resampler(
+                    student,
+                    plan,
+                    warmup,
+                    teacher_logits,
+                    search.resampler_warmup_steps,
+                    search.resampler_warmup_lr,
+                    search.batch_size,
+                    seed=search.seed + trial.number,
+                )
+                trial.set_user_attr("resampler_warmup_loss", loss)
+            threshold = ctx.promotion_threshold if search.early_stop else None
+            score = ctx.subset.score(student, plan, threshold, search.early_stop_min_samples)
+        except Exception as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            raise
+        low, high = score.result.interval
+        gflops = cost.flops / 1e9
+        attrs = {
+            "views": cost.views,
+            "image_tokens": cost.image_tokens,
+            "prompt_tokens": cost.prompt_tokens,
+            "tokens_per_view": plan.tokens_per_view,
+            "decoder_layers_kept": len(plan.kept_decoder_layers),
+            "encoder_layers_kept": len(plan.kept_encoder_layers),
+            "gflops": gflops,
+            "reduction_pct": 100 * (1 - gflops / ctx.baseline.gflops),
+            "samples_evaluated": score.result.n,
+            "ci_low": low,
+            "ci_high": high,
+            "stopped_early": score.stopped_early,
+            "seconds": time.time() - start,
+            CONSTRAINT_ATTR: [ctx.threshold - score.accuracy],
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_constraint("accuracy_floor", ctx.threshold - score.accuracy)  # feasible when <= 0
+        return gflops, score.accuracy

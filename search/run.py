@@ -1,0 +1,118 @@
+"""`python -m search.run [--study NAME] [--trials N] [--storage URL] [--timeout S]`
+
+Creates or resumes the study and runs trials until it holds N finished trials (several workers may run
+against one storage; each stops when the study reaches N). The dashboard: `optuna-dashboard <storage URL>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from tqdm.auto import tqdm
+
+from search.objective import Objective, SearchContext
+from search.study import (
+    FINISHED,
+    best_feasible,
+    count_finished,
+    enqueue_references,
+    open_study,
+    reference_trials,
+)
+from search.study_config import load_study_config
+from search.world import WorldUnavailable
+
+logger = logging.getLogger("search.run")
+
+
+def _describe(trial: optuna.trial.FrozenTrial | None) -> str:
+    if trial is None:
+        return "none yet"
+    return (
+        f"#{trial.number} {trial.values[0]:.4g} GFLOPs ({trial.user_attrs.get('reduction_pct', 0):.1f}% fewer), "
+        f"acc {trial.values[1]:.3f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Search for the cheapest nanoVLM compression keeping 0.85 X."
+    )
+    parser.add_argument("--study", default="aokvqa", help="study name (studies/<name>.toml) or a .toml path")
+    parser.add_argument("--trials", type=int, default=None, help="finished trials the study should hold")
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default sqlite:///studies/<name>.db)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop starting new trials after S seconds"
+    )
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    config = load_study_config(args.study)
+    target = args.trials if args.trials is not None else config.search.trials
+    study = open_study(config, args.storage)
+    try:
+        context = SearchContext(config, study)
+    except WorldUnavailable as err:
+        logger.error("%s", err)
+        return 2
+    base = context.baseline
+    logger.info(
+        "teacher X = %.3f [%.3f, %.3f] on %d questions, %.4g GFLOPs/question; feasible means accuracy >= %.3f",
+        base.accuracy,
+        base.ci_low,
+        base.ci_high,
+        base.n,
+        base.gflops,
+        context.threshold,
+    )
+    enqueue_references(study, context.teacher.cfg, config)
+
+    done = count_finished(study)
+    progress = tqdm(total=target, initial=min(done, target), desc=f"study {config.name}", unit="trial")
+    progress.set_postfix_str(f"best feasible: {_describe(best_feasible(study))}")
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        progress.n = min(count_finished(study), target)
+        progress.set_postfix_str(f"best feasible: {_describe(best_feasible(study))}")
+        if trial.state == optuna.trial.TrialState.PRUNED and "invalid_reason" in trial.user_attrs:
+            logger.debug("trial %d pruned: %s", trial.number, trial.user_attrs["invalid_reason"])
+        if trial.state == optuna.trial.TrialState.FAIL:
+            logger.warning(
+                "trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see log")
+            )
+
+    if done < target:
+        study.optimize(
+            Objective(context),
+            n_trials=target - done,
+            timeout=args.timeout,
+            callbacks=[MaxTrialsCallback(target, states=FINISHED), on_trial],
+            catch=(Exception,),
+            gc_after_trial=False,
+        )
+    progress.close()
+
+    best = best_feasible(study)
+    logger.info("study %s: %d finished trials", config.name, count_finished(study))
+    logger.info(
+        "best feasible: %s config %s", _describe(best), best.user_attrs.get("config") if best else None
+    )
+    for name, trial in reference_trials(study).items():
+        logger.info("reference %-18s %s", name, _describe(trial))
+    stats = context.subset.features.stats
+    logger.info("feature cache hit rate %.1f%% (%d hits)", 100 * stats.hit_rate, stats.hits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

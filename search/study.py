@@ -1,0 +1,85 @@
+"""Creating/resuming a study, seeding it with the reference configs, and reading results back."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+from search.objective import CONSTRAINT_ATTR, OBJECTIVE_NAMES
+from search.references import reference_params
+from search.storage import open_storage
+from search.study_config import SearchSettings, StudyConfig
+from vlm.config import VLMConfig
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_ATTR = "reference"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=settings.seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    # Multi-objective TPE; a few random start-up trials after the references. The accuracy floor reaches
+    # every sampler through `trial.set_constraint` (the objective sets it).
+    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=20, multivariate=True)
+
+
+def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.Study:
+    url = storage_url or config.default_storage
+    storage = open_storage(url, config.search.heartbeat_interval, config.search.grace_period)
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=storage,
+        directions=["minimize", "maximize"],
+        sampler=make_sampler(config.search),
+        load_if_exists=True,
+    )
+    if study.metric_names != OBJECTIVE_NAMES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(OBJECTIVE_NAMES)
+    return study
+
+
+def enqueue_references(study: optuna.Study, teacher_cfg: VLMConfig, config: StudyConfig) -> int:
+    """Enqueue the teacher and the hand-picked configs once per study (the first worker does it)."""
+    if not config.search.references or study.user_attrs.get("references_enqueued"):
+        return 0
+    study.set_user_attr("references_enqueued", True)
+    refs = reference_params(teacher_cfg, config.space)
+    for name, params in refs.items():
+        study.enqueue_trial(params, user_attrs={REFERENCE_ATTR: name}, skip_if_exists=True)
+    return len(refs)
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and trial.user_attrs.get(CONSTRAINT_ATTR, [1.0])[0] <= 0
+
+
+def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+
+
+def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """Fewest FLOPs among trials with accuracy >= ratio * X (ties: higher accuracy)."""
+    trials = feasible_trials(study)
+    return min(trials, key=lambda t: (t.values[0], -t.values[1])) if trials else None
+
+
+def reference_trials(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    out = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = trial.user_attrs.get(REFERENCE_ATTR)
+        if name and name not in out:
+            out[name] = trial
+    return out
