@@ -67,7 +67,8 @@ class FeatureCache:
         if size > self.max_bytes:
             return
         if key in self._items:
-            self._bytes -= self._items.pop(key).numel() * value.element_size()
+            old = self._items.pop(key)
+            self._bytes -= old.numel() * old.element_size()
         self._items[key] = value
         self._bytes += size
         while self._bytes > self.max_bytes:

@@ -31,7 +31,9 @@ class WorldUnavailable(RuntimeError):
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    # huggingface_hub reads HF_HUB_OFFLINE as a boolean: 1/true/yes/on, any case. Checked here at call time
+    # (not via huggingface_hub.constants, which is frozen when that module is first imported).
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "TRUE", "YES", "ON"}:
         return False
     from huggingface_hub import constants
 

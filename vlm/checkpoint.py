@@ -276,8 +276,16 @@ def save_pretrained(
         (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
         save_file(ours_to_nanovlm_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         info = dict(extras or {})
+        compression = getattr(model, "compression", None)  # set by vlm.compression.compress
+        if compression is not None and not compression.is_identity:
+            info.setdefault("compression", compression.to_dict())
         connector = model.connector_config
-        if connector != ConnectorConfig() or info:
+        # Without the file a loader falls back to nanoVLM's image token id, so write it whenever that is wrong.
+        if (
+            connector != ConnectorConfig()
+            or info
+            or model.image_token_id != default_image_token_id(model.cfg)
+        ):
             info["connector"] = {
                 "token_grid": connector.token_grid,
                 "resampler_width": connector.resampler_width,

@@ -327,6 +327,8 @@ def _parse_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"image size must look like 640x480, got {text!r}") from exc
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, like 640x480, got {text!r}")
     return width, height
 
 

@@ -1,0 +1,212 @@
+"""`python -m distill.finalize [--study NAME] --trial N|best [--storage URL]`
+
+Distill trial N's student from the teacher, evaluate it on the whole validation split (MCQ with interval,
+direct answer), count its FLOPs per question, write test-split predictions in A-OKVQA's leaderboard format,
+save the model (nanoVLM layout + its CompressionConfig) atomically, and record everything in the study
+(user attribute `finalized:<N>`). A killed run resumes from its last training checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from distill.promote import record_promotion
+from distill.train import (
+    DistillationDiverged,
+    build_student,
+    merge_lora,
+    teacher_cache_path,
+    teacher_letter_logits_cached,
+    train_student,
+)
+from search.storage import load_existing_study
+from search.study_config import StudyConfig, load_study_config
+from search.trial_eval import SubsetEvaluator
+from search.world import WorldUnavailable, load_split, load_teacher, teacher_path
+from vlm.checkpoint import load_pretrained, save_pretrained
+from vlm.compression import compress, plan_student
+from vlm.config import CompressionConfig
+from vlm.evaluate import (
+    EvalConfig,
+    evaluate_direct_answer,
+    evaluate_mcq,
+    leaderboard_predictions,
+    write_json_atomic,
+)
+
+logger = logging.getLogger("distill.finalize")
+
+FINALIZED_PREFIX = "finalized:"
+
+
+class FinalizeError(RuntimeError):
+    """Bad input to finalize: a clear message, and the study left as it was."""
+
+
+def resolve_trial(study: optuna.Study, config: StudyConfig, which: str) -> optuna.trial.FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if which == "best":
+        promoted = study.user_attrs.get("promoted") or record_promotion(
+            study, config.search.constraint_ratio, config.search.promotion_margin
+        )
+        if not promoted:
+            raise FinalizeError(
+                f"study {study.study_name!r} has no promoted trials yet; run more search trials"
+            )
+        number = min(promoted, key=lambda r: (r["gflops"], -r["accuracy"]))["trial"]
+    else:
+        try:
+            number = int(which)
+        except ValueError as exc:
+            raise FinalizeError(f"--trial must be a trial number or 'best', got {which!r}") from exc
+    by_number = {t.number: t for t in trials}
+    if number not in by_number:
+        span = f"0..{max(by_number)}" if by_number else "none"
+        raise FinalizeError(f"study {study.study_name!r} has no trial {number} (trials: {span})")
+    trial = by_number[number]
+    if trial.state != TrialState.COMPLETE:
+        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("invalid_reason") or "no result"
+        raise FinalizeError(
+            f"trial {number} is {trial.state.name}, not COMPLETE ({reason}); pick a finished trial"
+        )
+    if "config" not in trial.user_attrs:
+        raise FinalizeError(f"trial {number} has no recorded config")
+    return trial
+
+
+def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+    start = time.time()
+    settings = config.distill
+    compression = CompressionConfig.from_dict(trial.user_attrs["config"])
+    run_dir = config.artifacts_dir / "finalize" / f"trial-{trial.number}"
+    model_dir = run_dir / "model"
+    teacher, tokenizer = load_teacher(config.model)
+    plan = plan_student(teacher.cfg, compression)
+
+    # ----- distill (resumable) ------------------------------------------------------------------------------
+    if (model_dir / "vlm_compress.json").is_file():
+        logger.info("trial %d already distilled at %s; re-evaluating", trial.number, model_dir)
+        student = load_pretrained(model_dir, device=next(teacher.parameters()).device)
+        train_info = json.loads((run_dir / "train_result.json").read_text())
+    else:
+        train = load_split(config.data, config.data.train_split, settings.train_size, seed=0)
+        cache = teacher_cache_path(config.artifacts_dir / "cache", teacher_path(config.model), train)
+        teacher_logits = teacher_letter_logits_cached(
+            teacher, tokenizer, train, cache, config.search.batch_size
+        )
+        student = build_student(teacher, compression, settings)
+        result = train_student(
+            student, tokenizer, train, teacher_logits, settings, run_dir, seed=config.search.seed
+        )
+        student = merge_lora(student)
+        train_info = {
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "resumed_from": result.resumed_from,
+        }
+        extras = {
+            "compression": compression.to_dict(),
+            "study": config.name,
+            "trial": trial.number,
+            "distill": train_info,
+        }
+        save_pretrained(student, model_dir, tokenizer=tokenizer, extras=extras)
+        write_json_atomic(run_dir / "train_result.json", train_info)
+        student = load_pretrained(
+            model_dir, device=next(teacher.parameters()).device
+        )  # evaluate what was saved
+
+    # ----- evaluate on the whole validation split --------------------------------------------------------------
+    eval_config = EvalConfig(batch_size=config.search.batch_size)
+    val = load_split(config.data, config.data.split, None)
+    mcq = evaluate_mcq(student, tokenizer, val, eval_config)
+    da = evaluate_direct_answer(student, tokenizer, val, eval_config)
+    posthoc = (
+        evaluate_mcq(compress(teacher, compression), tokenizer, val, eval_config)
+        if compression.resampler_width is None
+        else None
+    )
+    cost = SubsetEvaluator(tokenizer, val, eval_config).cost(student, plan)
+    baseline = study.user_attrs["baseline"]
+
+    # ----- test predictions in the leaderboard format ---------------------------------------------------------------
+    test = load_split(config.data, "test", None)
+    test_mcq = evaluate_mcq(student, tokenizer, test, eval_config)
+    test_da = evaluate_direct_answer(student, tokenizer, test, eval_config)
+    predictions = write_json_atomic(
+        run_dir / "predictions_test.json", leaderboard_predictions(test, test_mcq, test_da)
+    )
+
+    low, high = mcq.interval
+    record = {
+        "trial": trial.number,
+        "config": compression.to_dict(),
+        "model_dir": str(model_dir),
+        "predictions_test": str(predictions),
+        "mcq_accuracy": mcq.accuracy,
+        "ci_low": low,
+        "ci_high": high,
+        "n": mcq.n,
+        "da_accuracy": da.accuracy,
+        "posthoc_subset_accuracy": trial.values[1],
+        "posthoc_full_accuracy": posthoc.accuracy if posthoc else None,
+        "gflops": cost.flops / 1e9,
+        "reduction_pct": 100 * (1 - cost.flops / 1e9 / baseline["gflops"]),
+        "views": cost.views,
+        "image_tokens": cost.image_tokens,
+        "keeps_constraint": mcq.accuracy >= config.search.constraint_ratio * baseline["accuracy"],
+        "train": train_info,
+        "seconds": time.time() - start,
+    }
+    study.set_user_attr(f"{FINALIZED_PREFIX}{trial.number}", record)
+    write_json_atomic(run_dir / "result.json", record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Distill, evaluate and save one promoted trial.")
+    parser.add_argument("--study", default="aokvqa")
+    parser.add_argument(
+        "--trial", required=True, help="trial number, or 'best' (the promoted trial with fewest FLOPs)"
+    )
+    parser.add_argument("--storage", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
+    config = load_study_config(args.study)
+    study = load_existing_study(config.name, args.storage or config.default_storage)
+    try:
+        trial = resolve_trial(study, config, args.trial)
+        record = finalize(config, study, trial)
+    except (FinalizeError, DistillationDiverged, WorldUnavailable) as err:
+        logger.error("%s", err)
+        return 2
+    logger.info(
+        "trial %d distilled: MCQ %.3f [%.3f, %.3f] (post-hoc %.3f on the search subset), DA %.3f, %.4g GFLOPs "
+        "(%.1f%% fewer than the teacher); model %s",
+        record["trial"],
+        record["mcq_accuracy"],
+        record["ci_low"],
+        record["ci_high"],
+        record["posthoc_subset_accuracy"],
+        record["da_accuracy"],
+        record["gflops"],
+        record["reduction_pct"],
+        record["model_dir"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["FINALIZED_PREFIX", "Path", "finalize", "main", "resolve_trial"]

@@ -1,0 +1,92 @@
+"""`python -m distill.promote [--study NAME] [--storage URL]`: which trials are worth fine-tuning.
+
+Rule (from the study config): the constrained Pareto set (feasible trials not dominated in FLOPs and
+accuracy) plus infeasible trials within `promotion_margin` below the 0.85·X line whose FLOPs are lower than
+every feasible trial's: distillation usually recovers a few points, and those are the big savings.
+The list is recorded in the study's user attribute `promoted`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+import optuna
+from optuna.trial import TrialState
+
+from search.storage import load_existing_study
+from search.study import is_feasible
+from search.study_config import load_study_config
+
+logger = logging.getLogger("distill.promote")
+
+
+def pareto_front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials not dominated in (min FLOPs, max accuracy), sorted by FLOPs."""
+    front = []
+    for t in trials:
+        dominated = any(
+            o.values[0] <= t.values[0]
+            and o.values[1] >= t.values[1]
+            and (o.values[0] < t.values[0] or o.values[1] > t.values[1])
+            for o in trials
+        )
+        if not dominated:
+            front.append(t)
+    return sorted(front, key=lambda t: (t.values[0], -t.values[1]))
+
+
+def promoted_trials(study: optuna.Study, ratio: float, margin: float) -> list[dict]:
+    """[{trial, why, gflops, accuracy}], fewest FLOPs first."""
+    baseline = study.user_attrs.get("baseline")
+    if baseline is None:
+        raise SystemExit(f"study {study.study_name!r} has no baseline yet: run search.run first")
+    threshold = ratio * baseline["accuracy"]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    feasible = [t for t in complete if is_feasible(t)]
+    cheapest_feasible = min((t.values[0] for t in feasible), default=math.inf)
+    chosen = {t.number: "pareto" for t in pareto_front(feasible)}
+    for t in complete:
+        if t.number in chosen or is_feasible(t) or t.user_attrs.get("stopped_early"):
+            continue
+        if t.values[1] >= threshold - margin and t.values[0] < cheapest_feasible:
+            chosen[t.number] = "near-threshold"
+    by_number = {t.number: t for t in complete}
+    rows = [
+        {"trial": n, "why": why, "gflops": by_number[n].values[0], "accuracy": by_number[n].values[1]}
+        for n, why in chosen.items()
+    ]
+    return sorted(rows, key=lambda r: (r["gflops"], -r["accuracy"]))
+
+
+def record_promotion(study: optuna.Study, ratio: float, margin: float) -> list[dict]:
+    rows = promoted_trials(study, ratio, margin)
+    study.set_user_attr("promoted", rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="List and record the trials worth distilling.")
+    parser.add_argument("--study", default="aokvqa")
+    parser.add_argument("--storage", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = load_study_config(args.study)
+    study = load_existing_study(config.name, args.storage or config.default_storage)
+    rows = record_promotion(study, config.search.constraint_ratio, config.search.promotion_margin)
+    logger.info("%d promoted trials (recorded in study %r):", len(rows), config.name)
+    for row in rows:
+        logger.info(
+            "  trial %4d  %-15s %10.4g GFLOPs  accuracy %.3f",
+            row["trial"],
+            row["why"],
+            row["gflops"],
+            row["accuracy"],
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

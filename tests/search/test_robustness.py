@@ -1,0 +1,199 @@
+"""Workers die, run side by side, hit broken trials or an unreachable hub: the study stays consistent.
+
+The first two tests run `python -m search.run` as real subprocesses against one sqlite storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search.objective
+from search.run import main
+from search.storage import open_storage
+from search.study import FINISHED, REFERENCE_ATTR
+from tests.search.conftest import STUDY, load, log_tail, run_args, spawn, sqlite_url
+
+WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
+
+
+def _trials(storage: optuna.storages.BaseStorage) -> list[optuna.trial.FrozenTrial]:
+    study_id = storage.get_study_id_from_name(STUDY)
+    return storage.get_all_trials(study_id, deepcopy=False)
+
+
+def _wait_for_study(db, process, log, timeout: float = 60.0) -> optuna.storages.RDBStorage:
+    """A reader's storage once the worker has created the study (until then its schema may be half made)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_tail(log)
+        if db.is_file():
+            try:
+                storage = optuna.storages.RDBStorage(sqlite_url(db))
+                storage.get_study_id_from_name(STUDY)
+                return storage
+            except Exception:  # schema or study not there yet
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"no study after {timeout} s:\n{log_tail(log)}")
+
+
+def test_killed_worker_resumes_and_retries_its_trial(world, tmp_path):
+    toml = world.toml(tmp_path)  # heartbeat_interval 1 s, grace_period 3 s
+    db = tmp_path / "tiny.db"
+    first_log = tmp_path / "first.log"
+    worker = spawn(toml, sqlite_url(db), 40, tmp_path, first_log)
+    try:
+        storage = _wait_for_study(db, worker, first_log)
+        deadline = time.monotonic() + 60
+        while True:
+            assert worker.poll() is None, log_tail(first_log)
+            assert time.monotonic() < deadline, log_tail(first_log)
+            states = [t.state for t in _trials(storage)]
+            if sum(s in FINISHED for s in states) >= 3 and TrialState.RUNNING in states:
+                break
+            time.sleep(0.2)
+        os.kill(worker.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+
+    running = [t for t in _trials(storage) if t.state == TrialState.RUNNING]
+    assert len(running) == 1, "the kill should leave exactly one trial RUNNING"
+    killed = running[0].number
+    baseline = load(sqlite_url(db)).user_attrs["baseline"]
+
+    # Past the grace period the next worker declares the trial dead, fails it and enqueues a retry.
+    time.sleep(max(0.0, 3.5 - (time.monotonic() - killed_at)))
+    second_log = tmp_path / "second.log"
+    restart = spawn(toml, sqlite_url(db), 12, tmp_path, second_log)
+    assert restart.wait(timeout=WORKER_TIMEOUT) == 0, log_tail(second_log)
+
+    study = load(sqlite_url(db))
+    trials = study.trials
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert trials[killed].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1
+    assert retries[0].state in FINISHED
+    assert retries[0].params == trials[killed].params
+    assert sum(t.state in FINISHED for t in trials) == 12
+    assert study.user_attrs["baseline"] == baseline
+    assert sum(t.user_attrs.get(REFERENCE_ATTR) == "teacher" for t in trials) == 1
+
+
+def test_two_workers_share_one_study(world, tmp_path):
+    toml = world.toml(tmp_path)
+    url = sqlite_url(tmp_path / "tiny.db")
+    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+    workers = [spawn(toml, url, 16, tmp_path, log) for log in logs]
+    try:
+        codes = [w.wait(timeout=WORKER_TIMEOUT) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert codes == [0, 0], "\n".join(log_tail(log) for log in logs)
+
+    trials = load(url).trials
+    finished = sum(t.state in FINISHED for t in trials)
+    # MaxTrialsCallback stops a worker once the study holds 16 finished trials, checked after each of its
+    # own trials; the other worker may be mid-trial then and finishes it: 16, or one more.
+    assert 16 <= finished <= 17, finished
+    numbers = sorted(t.number for t in trials)
+    assert numbers == list(range(len(trials)))
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert not [t.number for t in trials if t.state == TrialState.WAITING]
+    references = [t.user_attrs.get(REFERENCE_ATTR) for t in trials if REFERENCE_ATTR in t.user_attrs]
+    assert references.count("teacher") == 1
+    assert len(references) == len(set(references)) == 6
+
+
+def test_workers_opening_a_fresh_storage_together_all_succeed(tmp_path):
+    """Optuna's schema creation races on a fresh database (the loser raised IntegrityError on the alembic
+    version row, or OperationalError); open_storage retries. Without the retry this failed most rounds."""
+    for round_ in range(2):
+        url = sqlite_url(tmp_path / f"fresh{round_}.db")
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_at_once(url=url, barrier=barrier, errors=errors):
+            barrier.wait()
+            try:
+                open_storage(url, heartbeat_interval=1, grace_period=3)
+            except BaseException as err:  # collected and asserted below
+                errors.append(err)
+
+        threads = [threading.Thread(target=open_at_once) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+
+
+def test_a_failing_trial_does_not_stop_the_study(world, tmp_path, monkeypatch):
+    real_compress = search.objective.compress
+
+    def compress(teacher, compression):
+        if compression.max_grid_side == 1:
+            raise RuntimeError("boom: global view only")
+        return real_compress(teacher, compression)
+
+    monkeypatch.setattr(search.objective, "compress", compress)
+    toml = world.toml(tmp_path)
+    url = sqlite_url(tmp_path / "tiny.db")
+    assert main(run_args(toml, url, 10)) == 0
+
+    trials = load(url).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert any(t.user_attrs.get(REFERENCE_ATTR) == "global view only" for t in failed)
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            assert trial.params["max_grid_side"] == 1
+            assert trial.user_attrs["fail_reason"] == "RuntimeError: boom: global view only"
+        elif trial.params["max_grid_side"] == 1:  # invalid configs are pruned before compress runs
+            assert trial.state == TrialState.PRUNED and "invalid_reason" in trial.user_attrs
+        else:
+            assert trial.state in FINISHED
+    # A failed trial uses up one of this run's trials but does not count as finished.
+    assert len(trials) == 10
+    assert sum(t.state in FINISHED for t in trials) == 10 - len(failed)
+
+
+def test_unreachable_hub_fails_fast_naming_the_demo(world, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    toml = world.toml(tmp_path, name="hubless", teacher="some-org/not-a-model")
+    url = sqlite_url(tmp_path / "hubless.db")
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        code = main(["--study", str(toml), "--storage", url, "--trials", "3"])
+    assert code == 2
+    assert time.monotonic() - start < 5
+    assert "--study demo" in caplog.text
+    assert "some-org/not-a-model" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", "On"])
+def test_hf_hub_offline_spellings_count_as_offline(monkeypatch, value):
+    """Every spelling huggingface_hub accepts means offline: no connection is even tried."""
+    import socket
+
+    from search.world import hub_reachable
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("hub_reachable tried to connect although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert not hub_reachable(timeout=0.01)
