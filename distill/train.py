@@ -142,18 +142,30 @@ def _da_loss(student: VisionLanguageModel, items, pad_id: int, device) -> torch.
 
 
 def _save_state(accelerator: Accelerator, run_dir: Path, step: int, rng_state) -> None:
-    """Checkpoint atomically: write to a temp folder, then swap it in."""
+    """Checkpoint atomically: write to a temp folder, then swap it in.
+
+    At every moment `checkpoint/` or `checkpoint.old/` is complete (`_latest_checkpoint` reads them in that
+    order): `checkpoint.old/` is only deleted while `checkpoint/` exists.
+    """
     tmp = run_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.save_state(str(tmp))
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, "rng": rng_state}))
     final = run_dir / "checkpoint"
     old = run_dir / "checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
-    tmp.rename(final)
+    tmp.rename(final)  # a kill just before this leaves only checkpoint.old/: still a complete checkpoint
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a killed run, if any."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name / STATE_FILE).is_file():
+            return run_dir / name
+    return None
 
 
 def train_student(
@@ -203,8 +215,8 @@ def train_student(
     loss_fn = DistillationLoss(settings.kd_weight, settings.temperature)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step, rng = 0, random.Random(seed)
-    checkpoint = run_dir / "checkpoint"
-    if (checkpoint / STATE_FILE).is_file():
+    checkpoint = _latest_checkpoint(run_dir)
+    if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / STATE_FILE).read_text())
         start_step = state["step"]
@@ -232,7 +244,7 @@ def train_student(
                 loss = loss_fn(logits, teacher_logits[idx].to(device), labels[idx].to(device))
         if not torch.isfinite(loss):
             raise DistillationDiverged(
-                f"distillation loss became {float(loss)} at step {step}; lower the learning rate "
+                f"distillation loss became {loss.item()} at step {step}; lower the learning rate "
                 f"(lr={settings.lr}) or use mixed_precision='no'. The study is unchanged."
             )
         accelerator.backward(loss)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 import optuna
 from optuna.study import MaxTrialsCallback
@@ -91,15 +92,27 @@ def main(argv: list[str] | None = None) -> int:
                 "trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see log")
             )
 
-    if done < target:
+    # Stale trials of a killed worker are failed (and retried) now, even if no new trial needs to start.
+    optuna.storages.fail_stale_trials(study)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    # Failed trials do not count towards N: keep going until N have finished, unless nothing finishes.
+    while (done := count_finished(study)) < target:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
         study.optimize(
             Objective(context),
             n_trials=target - done,
-            timeout=args.timeout,
+            timeout=remaining,
             callbacks=[MaxTrialsCallback(target, states=FINISHED), on_trial],
             catch=(Exception,),
             gc_after_trial=False,
         )
+        if count_finished(study) == done:
+            logger.error(
+                "no trial finished in the last round (all failed?); stopping: see the failures above"
+            )
+            break
     progress.close()
 
     best = best_feasible(study)

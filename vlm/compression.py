@@ -18,10 +18,9 @@ import torch.nn.functional as F
 
 from vlm.config import CompressionConfig, VLMConfig
 from vlm.model import ConnectorConfig, VisionLanguageModel
+from vlm.processing import MAX_CROP_GRID
 
 logger = logging.getLogger(__name__)
-
-MAX_CROP_GRID = 8  # nanoVLM has crop tags <row_i_col_j> for i, j <= 8 only
 
 
 class CompressionError(ValueError):

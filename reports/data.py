@@ -1,0 +1,444 @@
+"""Everything a study's report shows, computed as DataFrames and small NamedTuples; no plotting here.
+
+Objective 0 is GFLOPs per question (minimised), objective 1 the proxy accuracy on the search subset
+(maximised). A trial is *feasible* when it is COMPLETE and `ratio * X - accuracy <= 0`, X being the teacher's
+accuracy on the same subset (study user attribute "baseline"): the constraint the objective stores, and the
+horizontal line the Pareto plot draws. Finalized trials are the study user attributes "finalized:<N>"
+written by `distill.finalize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from distill.finalize import FINALIZED_PREFIX
+from distill.promote import pareto_front
+from search.space import PARAMS
+from search.study import REFERENCE_ATTR
+from search.study_config import SearchSettings
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("gflops_per_question", "accuracy")
+# Hypervolume reference point: 1.1 x the teacher's FLOPs (so a front holding only the teacher still has
+# area) and accuracy 0.
+HYPERVOLUME_FLOPS_MARGIN = 1.1
+# PED-ANOVA wants >= 5 trials in its top quantile; below this many COMPLETE trials importances are noise.
+MIN_IMPORTANCE_TRIALS = 10
+
+
+class StudyFacts(NamedTuple):
+    """Study-level numbers the report states: the teacher's subset accuracy X and FLOPs, the constraint."""
+
+    name: str
+    ratio: float  # feasible means accuracy >= ratio * X
+    accuracy: float  # X, the teacher's accuracy on the search subset
+    ci_low: float
+    ci_high: float
+    n: int  # questions X was measured on
+    gflops: float  # the teacher's GFLOPs per question
+    convention: str  # how FLOPs are counted (study user attribute "flop_convention")
+    settings: dict  # the study config the search ran with (study user attribute "study_config")
+
+    @property
+    def threshold(self) -> float:
+        return self.ratio * self.accuracy
+
+
+class Arrow(NamedTuple):
+    """A finalized trial: from its post-hoc point (search) to its distilled point (full validation)."""
+
+    trial: int
+    gflops_from: float
+    accuracy_from: float
+    gflops_to: float
+    accuracy_to: float
+
+
+class RankCorrelation(NamedTuple):
+    """Spearman's rho between post-hoc and distilled accuracy over the finalized trials."""
+
+    rho: float | None  # None when it cannot be computed (see note)
+    n: int
+    note: str
+
+
+class Importances(NamedTuple):
+    """Parameter importances per objective: long table (objective, param, importance), notes per objective."""
+
+    frame: pd.DataFrame
+    method: str
+    notes: dict[str, str]
+
+
+class ReportData(NamedTuple):
+    facts: StudyFacts
+    trials: pd.DataFrame  # one row per trial, every state
+    front: pd.DataFrame  # the constrained Pareto set, fewest FLOPs first
+    finalized: pd.DataFrame  # one row per finalized trial
+    summary: pd.DataFrame  # front and finalized trials together: the report's main table
+    hypervolume: pd.DataFrame
+    correlation: RankCorrelation
+    importances: Importances
+    params: list[str]  # the searched parameters, in search-space order
+
+
+# ----- the study ---------------------------------------------------------------------------------------------
+def study_facts(study: optuna.Study, ratio: float | None = None) -> StudyFacts:
+    """Read the cached baseline and settings; `ratio` defaults to the one the study was run with."""
+    baseline = study.user_attrs.get("baseline")
+    if not baseline:
+        raise ValueError(f"study {study.study_name!r} has no baseline yet: run search.run first")
+    settings = study.user_attrs.get("study_config") or {}
+    if ratio is None:
+        ratio = settings.get("search", {}).get("constraint_ratio", SearchSettings().constraint_ratio)
+    return StudyFacts(
+        name=study.study_name,
+        ratio=float(ratio),
+        accuracy=baseline["accuracy"],
+        ci_low=baseline.get("ci_low", math.nan),
+        ci_high=baseline.get("ci_high", math.nan),
+        n=baseline.get("n", 0),
+        gflops=baseline["gflops"],
+        convention=study.user_attrs.get("flop_convention", "not recorded"),
+        settings=settings,
+    )
+
+
+def config_label(params: Mapping[str, Any]) -> str:
+    """Compact description of a trial's parameters, e.g. '6x6 tok, 384px, grid<=2, -2 dec, resampler 256'."""
+    parts = []
+    if "token_grid" in params:
+        k = params["token_grid"]
+        parts.append(f"{k}x{k} tok")
+    if "view_size" in params:
+        parts.append(f"{params['view_size']}px")
+    if "max_grid_side" in params:
+        side = params["max_grid_side"]
+        parts.append("global only" if side == 1 else f"grid<={side}")
+    for key, tower in (("n_drop_decoder", "dec"), ("n_drop_encoder", "enc")):
+        if params.get(key):
+            parts.append(f"-{params[key]} {tower}")
+    if params.get("resampler_width"):
+        parts.append(f"resampler {params['resampler_width']}")
+    parts += [f"{k}={v}" for k, v in params.items() if k not in PARAMS]
+    return ", ".join(parts)
+
+
+def searched_params(study: optuna.Study) -> list[str]:
+    """Parameter names the trials hold: the search space's order first, then any others sorted."""
+    names = {name for t in study.get_trials(deepcopy=False) for name in t.params}
+    return [p for p in PARAMS if p in names] + sorted(names - set(PARAMS))
+
+
+def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
+    """One row per trial (every state): objectives, feasibility, the per-trial user attributes, params."""
+    depths = study.user_attrs.get("block_importance") or {}
+    params = searched_params(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        done = t.state == TrialState.COMPLETE and t.values is not None
+        gflops, accuracy = (float(t.values[0]), float(t.values[1])) if done else (math.nan, math.nan)
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            "gflops": gflops,
+            "accuracy": accuracy,
+            "feasible": done and facts.threshold - accuracy <= 0,
+            "reference": attrs.get(REFERENCE_ATTR, ""),
+            "config": config_label(t.params),
+            "reduction_pct": 100 * (1 - gflops / facts.gflops) if done else math.nan,
+            "ci_low": attrs.get("ci_low", math.nan),
+            "ci_high": attrs.get("ci_high", math.nan),
+            "samples_evaluated": attrs.get("samples_evaluated", math.nan),
+            "stopped_early": bool(attrs.get("stopped_early", False)),
+            "views": attrs.get("views", math.nan),
+            "image_tokens": attrs.get("image_tokens", math.nan),
+            "decoder_layers_kept": _layers_kept(attrs, t.params, depths, "decoder"),
+            "encoder_layers_kept": _layers_kept(attrs, t.params, depths, "encoder"),
+            "reason": attrs.get("invalid_reason") or attrs.get("fail_reason") or "",
+        }
+        row.update({p: t.params.get(p, math.nan) for p in params})
+        rows.append(row)
+    columns = [*_TRIAL_COLUMNS, *params]
+    return pd.DataFrame(rows, columns=columns).sort_values("number", ignore_index=True)
+
+
+_TRIAL_COLUMNS = [
+    "number",
+    "state",
+    "gflops",
+    "accuracy",
+    "feasible",
+    "reference",
+    "config",
+    "reduction_pct",
+    "ci_low",
+    "ci_high",
+    "samples_evaluated",
+    "stopped_early",
+    "views",
+    "image_tokens",
+    "decoder_layers_kept",
+    "encoder_layers_kept",
+    "reason",
+]
+
+
+def _layers_kept(attrs: Mapping, params: Mapping, depths: Mapping, tower: str) -> float:
+    """The objective's count, else the tower's depth (from the block-importance ranking) minus the drops."""
+    if f"{tower}_layers_kept" in attrs:
+        return attrs[f"{tower}_layers_kept"]
+    dropped = params.get(f"n_drop_{tower}")
+    if tower in depths and dropped is not None:
+        return len(depths[tower]) - dropped
+    return math.nan
+
+
+def state_counts(trials: pd.DataFrame) -> dict[str, int]:
+    """{state name: trials}, e.g. {'COMPLETE': 180, 'PRUNED': 15, 'FAIL': 5}."""
+    return {str(k): int(v) for k, v in trials["state"].value_counts().sort_index().items()}
+
+
+def pareto_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
+    """The constrained Pareto set (`distill.promote.pareto_front` over feasible trials), fewest FLOPs first."""
+    feasible = set(trials.loc[trials["feasible"], "number"])
+    frozen = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number in feasible
+    ]
+    numbers = [t.number for t in pareto_front(frozen)]
+    return trials.set_index("number").loc[numbers].reset_index()
+
+
+# ----- finalized trials ----------------------------------------------------------------------------------------
+_FINALIZED_COLUMNS = [
+    "trial",
+    "config",
+    "posthoc_gflops",
+    "posthoc_accuracy",
+    "posthoc_full_accuracy",
+    "distilled_gflops",
+    "distilled_accuracy",
+    "distilled_ci_low",
+    "distilled_ci_high",
+    "distilled_n",
+    "da_accuracy",
+    "distilled_reduction_pct",
+    "keeps_constraint",
+]
+
+
+def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per `finalized:<N>` record: the trial's post-hoc numbers beside its distilled ones."""
+    by_number = trials.set_index("number")
+    teacher_gflops = study.user_attrs["baseline"]["gflops"]
+    rows = []
+    for key, record in study.user_attrs.items():
+        if not key.startswith(FINALIZED_PREFIX):
+            continue
+        number = int(record.get("trial", key.removeprefix(FINALIZED_PREFIX)))
+        if number not in by_number.index or by_number.at[number, "state"] != TrialState.COMPLETE.name:
+            logger.warning("%s names no complete trial of the study; left out", key)
+            continue
+        trial = by_number.loc[number]
+        rows.append(
+            {
+                "trial": number,
+                "config": trial["config"],
+                "posthoc_gflops": trial["gflops"],
+                "posthoc_accuracy": trial["accuracy"],
+                "posthoc_full_accuracy": _number(record.get("posthoc_full_accuracy")),
+                "distilled_gflops": record["gflops"],
+                "distilled_accuracy": record["mcq_accuracy"],
+                "distilled_ci_low": _number(record.get("ci_low")),
+                "distilled_ci_high": _number(record.get("ci_high")),
+                "distilled_n": record.get("n"),
+                "da_accuracy": _number(record.get("da_accuracy")),
+                "distilled_reduction_pct": 100 * (1 - record["gflops"] / teacher_gflops),
+                "keeps_constraint": record.get("keeps_constraint"),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=_FINALIZED_COLUMNS)
+    return frame.sort_values(["distilled_gflops", "trial"], ignore_index=True)
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def arrows(finalized: pd.DataFrame) -> list[Arrow]:
+    """Post-hoc point (the trial's GFLOPs and subset accuracy) -> distilled point (full-validation MCQ)."""
+    return [
+        Arrow(
+            int(r.trial),
+            float(r.posthoc_gflops),
+            float(r.posthoc_accuracy),
+            float(r.distilled_gflops),
+            float(r.distilled_accuracy),
+        )
+        for r in finalized.itertuples()
+    ]
+
+
+def summary_table(trials: pd.DataFrame, front: pd.DataFrame, finalized: pd.DataFrame) -> pd.DataFrame:
+    """The constrained Pareto set and the finalized trials in one table, fewest (post-hoc) FLOPs first."""
+    on_front, done = set(front["number"]), set(finalized["trial"])
+    numbers = sorted(on_front | done)
+    columns = [
+        "number",
+        "reference",
+        "config",
+        "gflops",
+        "reduction_pct",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "feasible",
+        "views",
+        "image_tokens",
+        "decoder_layers_kept",
+        "encoder_layers_kept",
+    ]
+    table = trials.set_index("number").loc[numbers].reset_index()[columns]
+    table.insert(1, "role", [_role(n in on_front, n in done) for n in table["number"]])
+    distilled = finalized.set_index("trial")[
+        ["distilled_gflops", "distilled_accuracy", "distilled_ci_low", "distilled_ci_high", "da_accuracy"]
+    ]
+    table = table.join(distilled, on="number")
+    return table.sort_values(["gflops", "number"], ignore_index=True)
+
+
+def _role(on_front: bool, finalized: bool) -> str:
+    return ", ".join(name for name, yes in (("pareto", on_front), ("finalized", finalized)) if yes)
+
+
+# ----- search progress ----------------------------------------------------------------------------------------
+def hypervolume_reference(facts: StudyFacts) -> tuple[float, float]:
+    """(GFLOPs, accuracy) the hypervolume is measured from."""
+    return facts.gflops * HYPERVOLUME_FLOPS_MARGIN, 0.0
+
+
+def hypervolume_2d(points: Iterable[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by `points` in (min GFLOPs, max accuracy), bounded by `reference` = (GFLOPs, accuracy).
+
+    Each point dominates the box [gflops, ref_gflops] x [ref_accuracy, accuracy]; the union's area is
+    swept in order of increasing FLOPs, each point adding the strip above the best accuracy seen so far.
+    """
+    ref_flops, ref_acc = reference
+    inside = sorted((f, a) for f, a in points if f < ref_flops and a > ref_acc)
+    area, best = 0.0, ref_acc
+    for flops, accuracy in inside:
+        if accuracy > best:
+            area += (ref_flops - flops) * (accuracy - best)
+            best = accuracy
+    return area
+
+
+def hypervolume_curve(trials: pd.DataFrame, reference: tuple[float, float]) -> pd.DataFrame:
+    """Hypervolume of the feasible trials numbered <= n, for every trial number n."""
+    feasible = trials[trials["feasible"]]
+    ref_area = reference[0] * (1 - reference[1])  # the whole box up to accuracy 1
+    rows = []
+    for number in sorted(trials["number"]):
+        upto = feasible[feasible["number"] <= number]
+        volume = hypervolume_2d(zip(upto["gflops"], upto["accuracy"]), reference)
+        rows.append(
+            {
+                "number": number,
+                "hypervolume": volume,
+                "fraction_of_box": volume / ref_area,
+                "feasible_so_far": len(upto),
+            }
+        )
+    return pd.DataFrame(rows, columns=["number", "hypervolume", "fraction_of_box", "feasible_so_far"])
+
+
+# ----- what the search tells us ------------------------------------------------------------------------------
+def spearman(x: Iterable[float], y: Iterable[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks (ties get their average rank). NaN if undefined.
+
+    pandas' own `corr(method="spearman")` needs scipy, which the project does not depend on.
+    """
+    frame = pd.DataFrame({"x": list(x), "y": list(y)}).dropna()
+    ranks = frame.rank()
+    return float(ranks["x"].corr(ranks["y"]))
+
+
+def rank_correlation(finalized: pd.DataFrame, min_n: int = 3) -> RankCorrelation:
+    """How well the search's post-hoc accuracy ranked the trials as distillation did."""
+    n = len(finalized)
+    if n < min_n:
+        return RankCorrelation(None, n, f"not enough finalized trials (n = {n}, need {min_n})")
+    rho = spearman(finalized["posthoc_accuracy"], finalized["distilled_accuracy"])
+    if math.isnan(rho):
+        return RankCorrelation(None, n, f"undefined: all post-hoc or all distilled accuracies tie (n = {n})")
+    return RankCorrelation(rho, n, f"Spearman rho = {rho:.2f} over n = {n} finalized trials")
+
+
+def importances(study: optuna.Study, min_trials: int = MIN_IMPORTANCE_TRIALS) -> Importances:
+    """Importance of each parameter for each objective, by optuna's PED-ANOVA on COMPLETE trials.
+
+    PED-ANOVA rather than optuna's default fANOVA: fANOVA needs scikit-learn, which the project does not
+    depend on. It scores how much each parameter matters for reaching the best `target_quantile` of trials;
+    the quantile grows on small studies so that quantile still holds >= 5 trials.
+    """
+    names = list(study.metric_names or OBJECTIVES)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    method = "PED-ANOVA (optuna), importance of reaching the best trials of each objective"
+    frame = pd.DataFrame(columns=["objective", "param", "importance"])
+    if len(complete) < min_trials:
+        note = f"skipped: {len(complete)} complete trials, need at least {min_trials}"
+        return Importances(frame, method, dict.fromkeys(names, note))
+    quantile = min(0.5, max(0.1, 5 / len(complete)))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
+    # PED-ANOVA assumes smaller is better: accuracy, maximised, is negated.
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    rows, notes = [], {}
+    for i, name in enumerate(names):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # It warns that it ranks low `target` values first: accuracy is negated for that.
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                scores = optuna.importance.get_param_importances(
+                    study, evaluator=evaluator, target=lambda t, i=i: signs[i] * t.values[i]
+                )
+        except Exception as err:  # a report should survive a degenerate study (one value per param, ...)
+            logger.warning("importances for %s failed: %s", name, err)
+            notes[name] = f"skipped: {type(err).__name__}: {err}"
+            continue
+        if not scores:
+            notes[name] = "skipped: no parameter varies across the complete trials"
+        rows += [{"objective": name, "param": p, "importance": v} for p, v in scores.items()]
+    if rows:
+        frame = pd.DataFrame(rows, columns=frame.columns)
+    return Importances(frame, f"{method} (top {quantile:.0%})", notes)
+
+
+# ----- everything -----------------------------------------------------------------------------------------------
+def report_data(study: optuna.Study, ratio: float | None = None) -> ReportData:
+    """All the report's data for one study."""
+    facts = study_facts(study, ratio)
+    trials = trials_frame(study, facts)
+    front = pareto_frame(study, trials)
+    finalized = finalized_frame(study, trials)
+    return ReportData(
+        facts=facts,
+        trials=trials,
+        front=front,
+        finalized=finalized,
+        summary=summary_table(trials, front, finalized),
+        hypervolume=hypervolume_curve(trials, hypervolume_reference(facts)),
+        correlation=rank_correlation(finalized),
+        importances=importances(study),
+        params=searched_params(study),
+    )
