@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     # Stale trials of a killed worker are failed (and retried) now, even if no new trial needs to start.
     optuna.storages.fail_stale_trials(study)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    failed_before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
     # Failed trials do not count towards N: keep going until N have finished, unless nothing finishes.
     while (done := count_finished(study)) < target:
         remaining = None if deadline is None else deadline - time.monotonic()

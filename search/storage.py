@@ -48,13 +48,6 @@ def open_storage(
             if sqlite:
                 event.listen(storage.engine, "begin", _begin_immediate)
                 event.listen(storage.engine, "connect", _sqlite_pragmas)
-                # WAL is a property of the database file: set it now through a raw DBAPI connection (an
-                # SQLAlchemy one would open our BEGIN IMMEDIATE first, and SQLite refuses WAL mid-transaction).
-                raw = storage.engine.raw_connection()
-                try:
-                    _sqlite_pragmas(raw.driver_connection, None)
-                finally:
-                    raw.close()
             return storage
         except (IntegrityError, OperationalError):
             # Workers started together on a fresh database race to create its schema: optuna stamps the
@@ -67,10 +60,10 @@ def open_storage(
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # WAL + synchronous=NORMAL: each user-attribute commit costs ~1 ms instead of ~20 ms (an fsync each),
-    # which was a third of a tiny trial's time; still safe against process crashes.
+    # synchronous=NORMAL: fewer fsyncs per user-attribute commit (a killed worker loses nothing; only an OS
+    # crash could). Not WAL: its recent commits live in a side file, so copying `<study>.db` alone, as users
+    # do to move a study, would lose them.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

@@ -1,0 +1,127 @@
+"""Sensitivity of the demo teacher to each compression knob at its strongest setting.
+
+`python -m benchmarks.sensitivity [--teacher DIR] [--n 1000] [--out benchmarks/results/sensitivity.json]`
+prints accuracy (with its 95% interval) and analytic FLOPs per question on the demo validation split for:
+the teacher, global view only, 4x4 and 2x2 tokens per view, half the view size, a quarter of the decoder
+blocks dropped, a quarter of the encoder blocks dropped (least important first, as the search drops them),
+and the same questions with blank images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from search.importance import block_influence, drop_order
+from search.study_config import DataSettings, ModelSettings
+from search.trial_eval import SubsetEvaluator
+from search.world import load_split, load_teacher
+from vlm.compression import compress, plan_student
+from vlm.config import CompressionConfig
+from vlm.demo.train_teacher import blank_images
+from vlm.evaluate import EvalConfig
+
+
+def knob_configs(cfg, decoder_order, encoder_order) -> dict[str, CompressionConfig]:
+    quarter_dec = max(1, cfg.lm_n_blocks // 4)
+    quarter_enc = max(1, cfg.vit_n_blocks // 4)
+    return {
+        "teacher": CompressionConfig(),
+        "global view only": CompressionConfig(max_grid_side=1),
+        "token grid 4x4": CompressionConfig(token_grid=4),
+        "token grid 2x2": CompressionConfig(token_grid=2),
+        "half view size": CompressionConfig(view_size=cfg.vit_img_size // 2),
+        "1/4 decoder layers dropped": CompressionConfig(
+            drop_decoder_layers=tuple(decoder_order[:quarter_dec])
+        ),
+        "1/4 encoder layers dropped": CompressionConfig(
+            drop_encoder_layers=tuple(encoder_order[:quarter_enc])
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--teacher", default="demo", help="checkpoint folder (default: the shipped demo teacher)"
+    )
+    parser.add_argument("--n", type=int, default=1000, help="validation questions")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sensitivity.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    teacher, tokenizer = load_teacher(ModelSettings(teacher=args.teacher, device="cpu"))
+    data = DataSettings(source="demo")
+    val = load_split(data, "validation", args.n)
+    calibration = load_split(data, "train", 64)
+    decoder_scores, encoder_scores = block_influence(teacher, tokenizer, calibration)
+    evaluator = SubsetEvaluator(tokenizer, val, EvalConfig(batch_size=100, show_progress=False))
+    rows = []
+    teacher_flops = None
+    for name, compression in knob_configs(
+        teacher.cfg, drop_order(decoder_scores), drop_order(encoder_scores)
+    ).items():
+        plan = plan_student(teacher.cfg, compression)
+        student = compress(teacher, compression)
+        score = evaluator.score(student, plan)
+        cost = evaluator.cost(student, plan)
+        teacher_flops = teacher_flops or cost.flops
+        low, high = score.result.interval
+        rows.append(
+            {
+                "config": name,
+                "accuracy": score.accuracy,
+                "ci_low": low,
+                "ci_high": high,
+                "mflops_per_question": cost.flops / 1e6,
+                "flops_vs_teacher": cost.flops / teacher_flops,
+                "views": cost.views,
+                "image_tokens": cost.image_tokens,
+                "compression": compression.to_dict(),
+            }
+        )
+    blank = SubsetEvaluator(tokenizer, blank_images(val), EvalConfig(batch_size=100, show_progress=False))
+    blank_score = blank.score(teacher, None)
+    rows.append(
+        {
+            "config": "teacher, blank images",
+            "accuracy": blank_score.accuracy,
+            "ci_low": blank_score.result.interval[0],
+            "ci_high": blank_score.result.interval[1],
+            "mflops_per_question": rows[0]["mflops_per_question"],
+            "flops_vs_teacher": 1.0,
+            "views": rows[0]["views"],
+            "image_tokens": rows[0]["image_tokens"],
+            "compression": None,
+        }
+    )
+
+    print(
+        f"{'config':<28} {'accuracy':>9} {'95% CI':>15} {'MFLOPs/q':>10} {'vs teacher':>10} {'views':>6} {'img tok':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['config']:<28} {r['accuracy']:>9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+            f"{r['mflops_per_question']:>10.1f} {r['flops_vs_teacher']:>10.2f} {r['views']:>6.1f} {r['image_tokens']:>8.1f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "n": len(val),
+                "rows": rows,
+                "block_influence": {"decoder": decoder_scores, "encoder": encoder_scores},
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["dataclasses", "knob_configs", "main"]
