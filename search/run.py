@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.storages.fail_stale_trials(study)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed_before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-    # Failed trials do not count towards N: keep going until N have finished, unless nothing finishes.
+    # Failed trials do not count towards N: keep going until N have finished, unless failures pile up.
     while (done := count_finished(study)) < target:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -109,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             catch=(Exception,),
             gc_after_trial=False,
         )
-        if count_finished(study) == done:
-            logger.error(
-                "no trial finished in the last round (all failed?); stopping: see the failures above"
-            )
+        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        if count_finished(study) == done and failed > failed_before + target:
+            logger.error("more trials failed than the %d asked for; stopping: see the failures above", target)
             break
     progress.close()
 
