@@ -29,7 +29,7 @@ from search.study_config import DistillSettings
 from vlm.compression import compress
 from vlm.config import CompressionConfig
 from vlm.data import VQAExample
-from vlm.evaluate import encode_mcq, letter_token_ids, mcq_letter_logits
+from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids, mcq_letter_logits
 from vlm.model import VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example
 from vlm.tokenizer import IM_END
@@ -70,16 +70,7 @@ def teacher_letter_logits_cached(
         logits = torch.load(cache_file)
         if logits.shape[0] == len(examples):
             return logits
-    letters = letter_token_ids(tokenizer)
-    spec = teacher.image_spec
-    out = []
-    for start in tqdm(range(0, len(examples), batch_size), desc="teacher outputs", leave=False):
-        batch = collate(
-            [encode_mcq(tokenizer, teacher, spec, e) for e in examples[start : start + batch_size]],
-            tokenizer.pad_token_id,
-        )
-        out.append(mcq_letter_logits(teacher, batch, letters).cpu())
-    logits = torch.cat(out)
+    logits = all_letter_logits(teacher, tokenizer, examples, batch_size)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
     torch.save(logits, tmp)

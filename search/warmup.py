@@ -16,25 +16,20 @@ import torch
 from distill.losses import DistillationLoss
 from search.trial_eval import SubsetEvaluator, vision_key
 from vlm.compression import StudentPlan
-from vlm.evaluate import letter_token_ids, mcq_letter_logits
+from vlm.evaluate import all_letter_logits, letter_token_ids, mcq_letter_logits
 from vlm.model import VisionLanguageModel
 from vlm.processing import collate
 
 logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def teacher_letter_logits(
     teacher: VisionLanguageModel, warmup: SubsetEvaluator, batch_size: int
 ) -> torch.Tensor:
     """[N, 4] teacher logits of the choice letters on the warm-up questions."""
-    letters = letter_token_ids(warmup.tokenizer)
-    encodings = warmup.encodings(teacher)
-    out = []
-    for start in range(0, len(encodings), batch_size):
-        batch = collate(encodings[start : start + batch_size], warmup.tokenizer.pad_token_id)
-        out.append(mcq_letter_logits(teacher, batch, letters).cpu())
-    return torch.cat(out)
+    return all_letter_logits(
+        teacher, warmup.tokenizer, warmup.examples, batch_size, warmup.encodings(teacher)
+    )
 
 
 def warm_up_resampler(

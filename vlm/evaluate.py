@@ -153,6 +153,20 @@ def iter_mcq(
         yield chunk, logits
 
 
+def all_letter_logits(
+    model: VisionLanguageModel,
+    tokenizer,
+    examples: Sequence[VQAExample],
+    batch_size: int = 32,
+    encoded: Sequence[Encoded] | None = None,
+) -> torch.Tensor:
+    """[N, 4] letter logits for every example (e.g. a teacher's targets); missing choices at -1e4, not -inf,
+    so KL terms stay finite."""
+    config = EvalConfig(batch_size=batch_size, show_progress=False)
+    chunks = [logits.cpu() for _, logits in iter_mcq(model, tokenizer, examples, config, encoded)]
+    return torch.cat(chunks).clamp(min=-1e4) if chunks else torch.zeros(0, len(CHOICE_LETTERS))
+
+
 def evaluate_mcq(
     model: VisionLanguageModel,
     tokenizer,
