@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 
 import optuna
 from optuna.study import MaxTrialsCallback
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     # Stale trials of a killed worker are failed (and retried) now, even if no new trial needs to start.
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental" in optuna since v2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed_before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
     # Failed trials do not count towards N: keep going until N have finished, unless failures pile up.

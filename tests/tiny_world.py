@@ -14,6 +14,24 @@ from vlm.model import VisionLanguageModel
 from vlm.tokenizer import special_token_ids
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyWorld:
+    """A built tiny world: its root folder, teacher checkpoint and dataset folder."""
+
+    root: Path
+    teacher: Path
+    data: Path
+
+    def toml(self, directory: Path, name: str = "tiny", teacher: str | None = None, **search) -> Path:
+        """Write `directory/<name>.toml` for this world; `search` overrides [search] settings."""
+        return tiny_study_toml(directory, name, teacher or self.teacher, self.data, **search)
+
+
+def make_tiny_world(root: Path, seed: int = 0) -> TinyWorld:
+    teacher, data = build_tiny_world(root, seed)
+    return TinyWorld(root, teacher, data)
+
+
 def build_tiny_world(root: Path, seed: int = 0) -> tuple[Path, Path]:
     """(teacher folder, dataset folder) under `root`; the teacher is random (demo shape, narrower)."""
     tokenizer = build_demo_tokenizer()

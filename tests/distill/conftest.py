@@ -16,33 +16,18 @@ from optuna.trial import TrialState
 
 from distill.train import teacher_letter_logits_cached
 from search.run import main as search_main
-from search.study_config import DataSettings, DistillSettings, ModelSettings
-from search.world import load_split, load_teacher
-from tests.tiny_world import build_tiny_world, tiny_study_toml
+from search.study_config import DataSettings, DistillSettings
+from search.world import load_split
+from tests.tiny_world import TinyWorld, make_tiny_world, tiny_study_toml
 
 STUDY = "tiny"
 # Settings for direct `train_student` calls: no bf16 on CPU, and a batch small enough to stay fast.
 TRAIN = DistillSettings(steps=2, batch_size=4, checkpoint_every=1, mixed_precision="no")
 
 
-@dataclass(frozen=True)
-class TinyWorld:
-    root: Path
-    teacher: Path
-    data: Path
-
-
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> TinyWorld:
-    root = tmp_path_factory.mktemp("distill_world")
-    teacher, data = build_tiny_world(root)
-    return TinyWorld(root, teacher, data)
-
-
-@pytest.fixture(scope="session")
-def world_teacher(world):
-    """(random teacher in eval mode on CPU, its tokenizer)."""
-    return load_teacher(ModelSettings(teacher=str(world.teacher), device="cpu"))
+    return make_tiny_world(tmp_path_factory.mktemp("distill_world"))
 
 
 @pytest.fixture(scope="session")

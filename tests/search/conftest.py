@@ -7,41 +7,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
 
-from search.study_config import DataSettings, ModelSettings
-from search.world import load_split, load_teacher
-from tests.tiny_world import build_tiny_world, tiny_study_toml
+from search.study_config import DataSettings
+from search.world import load_split
+from tests.tiny_world import TinyWorld, make_tiny_world
 
 STUDY = "tiny"
 
 
-@dataclass(frozen=True)
-class TinyWorld:
-    root: Path
-    teacher: Path
-    data: Path
-
-    def toml(self, directory: Path, name: str = STUDY, teacher: str | None = None, **search) -> Path:
-        """Write `directory/<name>.toml` for this world; `search` overrides [search] settings."""
-        return tiny_study_toml(directory, name, teacher or self.teacher, self.data, **search)
-
-
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> TinyWorld:
-    root = tmp_path_factory.mktemp("tiny_world")
-    teacher, data = build_tiny_world(root)
-    return TinyWorld(root, teacher, data)
-
-
-@pytest.fixture(scope="session")
-def world_teacher(world):
-    """(random teacher in eval mode on CPU, its tokenizer)."""
-    return load_teacher(ModelSettings(teacher=str(world.teacher), device="cpu"))
+    return make_tiny_world(tmp_path_factory.mktemp("tiny_world"))
 
 
 @pytest.fixture(scope="session")
