@@ -10,7 +10,6 @@ and the same questions with blank images.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -122,6 +121,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["dataclasses", "knob_configs", "main"]

@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -207,6 +206,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["FINALIZED_PREFIX", "Path", "finalize", "main", "resolve_trial"]

@@ -183,8 +183,6 @@ def train_student(
 
     connector = [p for n, p in student.named_parameters() if n.startswith("connector.") and p.requires_grad]
     others = [p for n, p in student.named_parameters() if not n.startswith("connector.") and p.requires_grad]
-    for param in student.parameters():
-        param.requires_grad_(param.requires_grad)
     fresh_connector = student.connector_config.resampler_width is not None
     optimizer = torch.optim.AdamW(
         [
@@ -193,7 +191,6 @@ def train_student(
         ],
         weight_decay=0.0,
     )
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     warmup = max(1, settings.steps // 20)
 
     def lr_scale(step: int) -> float:
@@ -213,7 +210,6 @@ def train_student(
         start_step = state["step"]
         rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
         logger.info("resuming distillation from step %d (%s)", start_step, checkpoint)
-    del base_lrs
 
     # ----- train ---------------------------------------------------------------------------------------------
     device = accelerator.device

@@ -132,7 +132,7 @@ class SubsetEvaluator:
         flops = sum(v * per_view + prefill_flops(plan.cfg, t) for v, t in zip(views, prompts)) / n
         return QuestionCost(sum(views) / n, sum(views) * plan.tokens_per_view / n, sum(prompts) / n, flops)
 
-    def _vision_fn(self, model: VisionLanguageModel, key: VisionKey):
+    def vision_fn_for(self, model: VisionLanguageModel, key: VisionKey):
         def fn(images: torch.Tensor, question_ids: Sequence[str], n_views: Sequence[int]) -> torch.Tensor:
             cached = [self.features.get((key, qid)) for qid in question_ids]
             if all(c is not None for c in cached):
@@ -157,7 +157,7 @@ class SubsetEvaluator:
         `plan` enables the feature cache (None: the model's vision encoder is not the teacher's, e.g. trained).
         """
         encodings = self.encodings(model)
-        vision_fn = self._vision_fn(model, vision_key(plan)) if plan is not None else None
+        vision_fn = self.vision_fn_for(model, vision_key(plan)) if plan is not None else None
         result = MCQResult()
         stopped = False
         for chunk, logits in iter_mcq(

@@ -48,7 +48,7 @@ def warm_up_resampler(
     letters = letter_token_ids(warmup.tokenizer)
     encodings = warmup.encodings(student)
     labels = torch.tensor([e.correct_choice_idx for e in warmup.examples])
-    vision_fn = warmup._vision_fn(student, vision_key(plan))
+    vision_fn = warmup.vision_fn_for(student, vision_key(plan))
     device = next(student.parameters()).device
     for param in student.parameters():
         param.requires_grad_(False)

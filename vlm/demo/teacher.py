@@ -26,7 +26,7 @@ from vlm.demo.scenes import demo_vocabulary
 from vlm.demo.vision_pretrain import pretrain_vision
 from vlm.evaluate import letter_token_ids
 from vlm.model import VisionLanguageModel
-from vlm.processing import CHOICE_LETTERS, da_user_text, encode_example, mcq_user_text
+from vlm.processing import da_user_text, encode_example, mcq_user_text
 from vlm.tokenizer import IM_END, build_word_tokenizer, special_token_ids
 
 logger = logging.getLogger(__name__)
@@ -271,7 +271,6 @@ def train_teacher(
 
 
 __all__ = [
-    "CHOICE_LETTERS",
     "SHIPPED_TEACHER",
     "TeacherTrainConfig",
     "build_demo_tokenizer",

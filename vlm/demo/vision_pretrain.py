@@ -47,14 +47,13 @@ def patch_labels(scene: Scene, image: Image.Image, spec: ImageSpec, patch: int) 
     ids = object_map(scene, image).float()[None, None]
     ids = F.interpolate(ids, size=(height, width), mode="nearest")[0, 0].long()  # [H', W']
     rows, cols = height // spec.view_size, width // spec.view_size
-    regions = [] if rows * cols == 1 else [ids]  # the global view covers the whole image
-    regions += [
+    # The global view covers the whole image; a 1x1 grid is the global view alone.
+    crops = [
         ids[r * spec.view_size : (r + 1) * spec.view_size, c * spec.view_size : (c + 1) * spec.view_size]
         for r in range(rows)
         for c in range(cols)
     ]
-    if rows * cols == 1:
-        regions = [ids]
+    regions = [ids] if rows * cols == 1 else [ids, *crops]
     n = spec.view_size // patch
     table = torch.zeros(len(scene.objects) + 1, 3, dtype=torch.long)
     for index, obj in enumerate(scene.objects):
