@@ -267,14 +267,25 @@ def save_pretrained(
     *,
     tokenizer=None,
     extras: dict | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write `model` in nanoVLM's layout, atomically: a half-written folder never replaces a good one."""
+    """Write `model` in nanoVLM's layout, atomically: a half-written folder never replaces a good one.
+
+    `weights_dtype` stores floating tensors in that dtype (e.g. float16 halves a shipped checkpoint);
+    `load_pretrained` casts them back to the model's dtype.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
-        save_file(ours_to_nanovlm_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        state = ours_to_nanovlm_state(model)
+        if weights_dtype is not None:
+            state = {
+                k: v.to(weights_dtype) if v.is_floating_point() and k != INV_FREQ_KEY else v
+                for k, v in state.items()
+            }
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         info = dict(extras or {})
         compression = getattr(model, "compression", None)  # set by vlm.compression.compress
         if compression is not None and not compression.is_identity:

@@ -1,8 +1,8 @@
-"""Train the demo teacher from scratch: `python -m vlm.demo.train_teacher [--steps N] [--out DIR]`.
+"""Train the demo teacher from scratch: `python -m vlm.demo.train_teacher [--vqa-steps N] [--out DIR]`.
 
-Generates (or reuses) the synthetic dataset, trains, saves in nanoVLM's layout with its tokenizer, then
-prints validation MCQ accuracy with real and with blanked images (the blank score shows the questions need
-the image).
+Trains on freshly generated scenes (see `vlm.demo.teacher.train_teacher`), saves in nanoVLM's layout with
+its tokenizer, then prints validation MCQ accuracy with real and with blanked images (the blank score
+shows the questions need the image) and writes it next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vlm.checkpoint import load_pretrained
 from vlm.data import DataConfig, load_examples
 from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset
 from vlm.demo.teacher import SHIPPED_TEACHER, TeacherTrainConfig, train_teacher
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Train the offline demo teacher (nanoVLM architecture, tiny)."
     )
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps)
+    parser.add_argument("--letter-steps", type=int, default=defaults.letter_steps)
+    parser.add_argument("--vqa-steps", type=int, default=defaults.vqa_steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per VQA step")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--train-size", type=int, default=DemoDataConfig().train_size)
     parser.add_argument("--out", type=Path, default=SHIPPED_TEACHER, help="checkpoint folder to write")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -49,13 +51,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data_dir = ensure_demo_dataset(DemoDataConfig(train_size=args.train_size), cache_dir())
-    train, _ = load_examples(DataConfig(source=str(data_dir), split="train"))
+    data_dir = ensure_demo_dataset(DemoDataConfig(), cache_dir())
     val, _ = load_examples(DataConfig(source=str(data_dir), split="validation"))
-    config = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = dataclasses.replace(
+        defaults,
+        vision_steps=args.vision_steps,
+        letter_steps=args.letter_steps,
+        vqa_steps=args.vqa_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
     start = time.time()
-    model, tokenizer = train_teacher(train, config, args.out)
+    _, tokenizer = train_teacher(config, args.out)
     minutes = (time.time() - start) / 60
+    model = load_pretrained(args.out)  # score what ships (float16 weights), not the in-memory copy
     eval_config = EvalConfig(batch_size=64)
     real = evaluate_mcq(model, tokenizer, val, eval_config)
     blank = evaluate_mcq(model, tokenizer, blank_images(val), eval_config)

@@ -1,0 +1,118 @@
+"""The demo teacher's training pieces: dense vision targets, training sequences and a short real run."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import torch
+
+from vlm.checkpoint import load_pretrained
+from vlm.demo.scenes import COLORS, SHAPES, Scene, SceneObject, render_scene
+from vlm.demo.sessions import choice_flag_labels, collate_sequences, letter_mapping_prompt, vqa_session
+from vlm.demo.teacher import TeacherTrainConfig, build_demo_tokenizer, demo_vlm_config, train_teacher
+from vlm.demo.vision_pretrain import N_CLASSES, conjunction_class, patch_labels
+from vlm.evaluate import letter_token_ids
+from vlm.model import VisionLanguageModel
+from vlm.processing import build_prompt, mcq_user_text
+from vlm.tokenizer import IM_END, special_token_ids
+
+
+def test_patch_labels_mark_each_object_and_its_centre_once_per_view():
+    # 128x64 scene -> global 64x64 view (x squashed by 2) + two 64x64 crops; patch 8 -> 8x8 per view.
+    big = SceneObject("square", "red", "large", 80, 20, 16, 16)  # centre (88, 28): right crop
+    small = SceneObject("circle", "blue", "small", 10, 50, 6, 6)  # centre (13, 53): left crop
+    scene = Scene(objects=[big, small])
+    spec = VisionLanguageModel(demo_vlm_config(len(build_demo_tokenizer())), image_token_id=0).image_spec
+    classes, centres = patch_labels(scene, render_scene(scene), spec, patch=8)
+    assert classes.shape == centres.shape == (3, 64)
+    red, blue = conjunction_class("red", "square", "large"), conjunction_class("blue", "circle", "small")
+    # Global view: both objects, each with one centre patch; crops: one object each.
+    assert centres.sum(1).tolist() == [2, 1, 1]
+    # The big square's centre in the right crop is at x 88-64=24, y 28 -> patch row 3, col 3.
+    assert centres[2, 3 * 8 + 3] == 1 and classes[2, 3 * 8 + 3] == red
+    # In the global view x halves: (44, 28) -> row 3, col 5.
+    assert centres[0, 3 * 8 + 5] == 1 and classes[0, 3 * 8 + 5] == red
+    # The small circle sits in the left crop's bottom-left patch row: (13, 53) -> row 6, col 1.
+    assert centres[1, 6 * 8 + 1] == 1 and classes[1, 6 * 8 + 1] == blue
+    assert set(classes.unique().tolist()) == {0, red, blue}
+
+
+def test_conjunction_classes_are_distinct_and_leave_zero_for_background():
+    classes = {conjunction_class(c, s, z) for c in COLORS for s in SHAPES for z in ("small", "large")}
+    assert classes == set(range(1, N_CLASSES))
+
+
+def test_letter_mapping_prompt_targets_the_letter_of_the_asked_choice():
+    tokenizer = build_demo_tokenizer()
+    letters = letter_token_ids(tokenizer)
+    rng = random.Random(0)
+    for _ in range(20):
+        seq = letter_mapping_prompt(rng, tokenizer)
+        answer = seq.labels[-2:]  # the letter and <|im_end|>; earlier labels are the choice flags
+        assert answer[1] == tokenizer.convert_tokens_to_ids(IM_END)
+        text = tokenizer.decode(seq.input_ids)
+        asked = text.split("Which option is ")[1].split(" ?")[0].split("?")[0].strip()
+        letter = "ABCD"[letters.index(answer[0])]
+        assert f"{letter} . {asked}" in text or f"{letter}. {asked}" in text, text
+
+
+def test_vqa_session_puts_one_image_before_several_answered_turns():
+    tokenizer = build_demo_tokenizer()
+    cfg = demo_vlm_config(len(tokenizer))
+    image_token = special_token_ids(tokenizer, cfg)["image_token"]
+    spec = VisionLanguageModel(cfg, image_token).image_spec
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    seq = vqa_session(random.Random(1), tokenizer, cfg, spec, turns=5, mcq_fraction=0.5)
+    n_views = seq.views.shape[0]
+    assert seq.input_ids.count(image_token) == n_views * cfg.mp_image_token_length
+    assert seq.labels.count(im_end) == 5
+    # Answer labels copy the token they sit on; the rest are choice flags: per MCQ turn three "no" and one
+    # letter, on option boundaries.
+    flags = [
+        label for label, token in zip(seq.labels, seq.input_ids, strict=True) if label not in (-100, token)
+    ]
+    no = tokenizer.convert_tokens_to_ids("no")
+    letters = letter_token_ids(tokenizer)
+    assert set(flags) <= {no, *letters}
+    assert flags.count(no) == 3 * sum(flag in letters for flag in flags)
+    batch = collate_sequences(
+        [seq, letter_mapping_prompt(random.Random(2), tokenizer)], tokenizer.pad_token_id
+    )
+    assert batch["images"].shape[0] == n_views and batch["input_ids"].shape[0] == 2
+
+
+def test_a_short_teacher_run_trains_and_saves_a_loadable_checkpoint(tmp_path):
+    config = dataclasses.replace(
+        TeacherTrainConfig(),
+        vision_steps=2,
+        letter_steps=2,
+        letter_batch_size=4,
+        vqa_steps=3,
+        batch_size=2,
+        turns=2,
+        warmup_steps=1,
+    )
+    torch.manual_seed(0)
+    model, tokenizer = train_teacher(config, tmp_path / "teacher")
+    loaded = load_pretrained(tmp_path / "teacher")
+    ids = torch.tensor([tokenizer("red circle", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids, None).argmax(-1), loaded(ids, None).argmax(-1))
+
+
+def test_choice_flags_mark_the_correct_option_with_its_letter_and_the_others_with_no():
+    tokenizer = build_demo_tokenizer()
+    prompt_text = build_prompt(
+        tokenizer, "", mcq_user_text("Which one ?", ["red circle", "blue", "A", "green"])
+    )
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    labels = choice_flag_labels(tokenizer, prompt, correct=2)
+    tokens = tokenizer.convert_ids_to_tokens(prompt)
+    flagged = {
+        tokens[i - 1]: tokenizer.convert_ids_to_tokens(label)
+        for i, label in enumerate(labels)
+        if label != -100
+    }
+    # Each option's last token predicts the flag; option C's text is itself "A" and must not confuse the search.
+    assert flagged == {"circle": "no", "blue": "no", "A": "C", "green": "no"}
