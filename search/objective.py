@@ -145,7 +145,7 @@ class Objective:
                     teacher_logits,
                     search.resampler_warmup_steps,
                     search.resampler_warmup_lr,
-                    search.batch_size,
+                    search.resampler_warmup_batch_size,
                     seed=search.seed + trial.number,
                 )
                 trial.set_user_attr("resampler_warmup_loss", loss)

@@ -71,6 +71,9 @@ class SearchSettings:
     )
     resampler_warmup_steps: int = 40
     resampler_warmup_lr: float = 3e-3
+    # Warm-up backpropagates through the whole decoder: at the evaluation batch size it cost a resampler
+    # trial 10x its evaluation.
+    resampler_warmup_batch_size: int = 16
     feature_cache_mb: int = 2048  # ViT features kept per process
     heartbeat_interval: int = 10  # seconds; a worker silent for grace_period is declared dead
     grace_period: int = 30
@@ -81,6 +84,8 @@ class SearchSettings:
             raise ValueError(f"constraint_ratio must be in (0, 1], got {self.constraint_ratio}")
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise ValueError(f"sampler must be tpe, nsga2 or random, got {self.sampler!r}")
+        if min(self.batch_size, self.resampler_warmup_batch_size) < 1:
+            raise ValueError("batch_size and resampler_warmup_batch_size must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Training sequences for the demo teacher, built from freshly generated scenes.
 
-Two kinds, each a list of (token ids, labels) where labels are -100 except on answer tokens:
+Two kinds, each token ids plus labels that are -100 except on answer tokens and, for MCQs, on the
+choice flags of `choice_flag_labels`:
 
 - `letter_mapping_prompt`: a text-only multiple-choice question "Which option is red?" in nanoVLM's MCQ
   format. It teaches the one skill a from-scratch decoder found hardest: emitting the *letter* of the
@@ -54,8 +55,8 @@ LIST_QUESTION_KINDS: frozenset[str] = frozenset({"presence", "size"})
 
 
 @dataclass
-class Sequence:
-    """One training sequence: token ids, labels (-100 off the answers) and its image views (or None)."""
+class TrainingSequence:
+    """One training sequence: token ids, labels (-100 where nothing is supervised) and its views (or None)."""
 
     input_ids: list[int]
     labels: list[int]
@@ -96,7 +97,7 @@ def choice_flag_labels(tokenizer, prompt: list[int], correct: int, n_choices: in
     return labels
 
 
-def letter_mapping_prompt(rng: random.Random, tokenizer, choice_flags: bool = True) -> Sequence:
+def letter_mapping_prompt(rng: random.Random, tokenizer, choice_flags: bool = True) -> TrainingSequence:
     """'Which option is X?' with four lettered choices from one category; the answer is X's letter."""
     category = rng.choice(ANSWER_CATEGORIES)
     choices = rng.sample(category, 4)
@@ -106,7 +107,7 @@ def letter_mapping_prompt(rng: random.Random, tokenizer, choice_flags: bool = Tr
     )
     target = [letter_token_ids(tokenizer)[answer], tokenizer.convert_tokens_to_ids(IM_END)]
     flags = choice_flag_labels(tokenizer, prompt, answer) if choice_flags else [-100] * len(prompt)
-    return Sequence(prompt + target, flags + target, None)
+    return TrainingSequence(prompt + target, flags + target, None)
 
 
 def vqa_session(
@@ -117,7 +118,7 @@ def vqa_session(
     turns: int,
     mcq_fraction: float,
     choice_flags: bool = True,
-) -> Sequence:
+) -> TrainingSequence:
     """A fresh scene and up to `turns` questions about it; the image sits in the first turn only."""
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     letters = letter_token_ids(tokenizer)
@@ -152,10 +153,10 @@ def vqa_session(
             ids += prompt + answer
             labels += flags + answer
         if ids:
-            return Sequence(ids, labels, views)
+            return TrainingSequence(ids, labels, views)
 
 
-def collate_sequences(sequences: list[Sequence], pad_id: int) -> dict:
+def collate_sequences(sequences: list[TrainingSequence], pad_id: int) -> dict:
     """Right-padded ids, attention mask and labels, plus the views of every sequence that has an image."""
     length = max(len(s.input_ids) for s in sequences)
     ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
