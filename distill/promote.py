@@ -38,13 +38,24 @@ def pareto_front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fr
     return sorted(front, key=lambda t: (t.values[0], -t.values[1]))
 
 
+def first_of_each_config(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The earliest trial of every distinct config: TPE re-samples configs in a small discrete space, and
+    distilling the same config twice would only waste a finalize run."""
+    seen: dict[tuple, optuna.trial.FrozenTrial] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        seen.setdefault(tuple(sorted(t.params.items())), t)
+    return list(seen.values())
+
+
 def promoted_trials(study: optuna.Study, ratio: float, margin: float) -> list[dict]:
-    """[{trial, why, gflops, accuracy}], fewest FLOPs first."""
+    """[{trial, why, gflops, accuracy}], fewest FLOPs first; one trial per distinct config."""
     baseline = study.user_attrs.get("baseline")
     if baseline is None:
         raise SystemExit(f"study {study.study_name!r} has no baseline yet: run search.run first")
     threshold = ratio * baseline["accuracy"]
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    complete = first_of_each_config(
+        [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    )
     feasible = [t for t in complete if is_feasible(t)]
     cheapest_feasible = min((t.values[0] for t in feasible), default=math.inf)
     chosen = {t.number: "pareto" for t in pareto_front(feasible)}
