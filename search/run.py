@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, trial in reference_trials(study).items():
         logger.info("reference %-18s %s", name, _describe(trial))
     stats = context.subset.features.stats
+    if stats.hits + stats.misses == 0:
+        return 0  # nothing ran (the study was already complete): keep the counters of the run that did
     logger.info("feature cache hit rate %.1f%% (%d hits)", 100 * stats.hit_rate, stats.hits)
     # This process's cache counters, for benchmarks/search_throughput.py (the last worker to finish wins).
     study.set_user_attr(
