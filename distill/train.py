@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
@@ -32,6 +31,7 @@ from vlm.data import VQAExample
 from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids, mcq_letter_logits
 from vlm.model import VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example
+from vlm.supervised import TrainingSequence, collate_sequences, sequence_loss
 from vlm.tokenizer import IM_END
 
 logger = logging.getLogger(__name__)
@@ -115,21 +115,12 @@ def _pairs(tokenizer, student: VisionLanguageModel, examples: list[VQAExample]):
 
 
 def _da_loss(student: VisionLanguageModel, items, pad_id: int, device) -> torch.Tensor:
-    """CE on the gold direct answer (teacher-forced), prompts left-padded."""
-    seqs = [torch.cat([da.input_ids, torch.tensor(answer)]) for _, da, answer in items]
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for row, (seq, (_, _, answer)) in enumerate(zip(seqs, items)):
-        ids[row, length - len(seq) :] = seq
-        mask[row, length - len(seq) :] = 1
-        labels[row, length - len(answer) :] = torch.tensor(answer)
-    images = torch.cat([da.images for _, da, _ in items])
-    logits = student(ids.to(device), images.to(device), mask.to(device))
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(device), ignore_index=-100
-    )
+    """CE on the gold direct answer, teacher-forced after its prompt."""
+    sequences = [
+        TrainingSequence(da.input_ids.tolist() + answer, [-100] * len(da.input_ids) + answer, da.images)
+        for _, da, answer in items
+    ]
+    return sequence_loss(student, collate_sequences(sequences, pad_id), device)
 
 
 def _save_state(accelerator: Accelerator, run_dir: Path, step: int, rng_state) -> None:

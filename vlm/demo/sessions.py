@@ -14,9 +14,6 @@ choice flags of `choice_flag_labels`:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-
-import torch
 
 from vlm.config import ImageSpec, VLMConfig
 from vlm.demo.scenes import (
@@ -38,6 +35,7 @@ from vlm.processing import (
     mcq_user_text,
     split_image,
 )
+from vlm.supervised import TrainingSequence
 from vlm.tokenizer import IM_END
 
 # Every category a demo answer comes from: the letter-mapping drill draws its four choices from one.
@@ -54,15 +52,6 @@ ANSWER_CATEGORIES: tuple[tuple[str, ...], ...] = (
 LIST_QUESTION_KINDS: frozenset[str] = frozenset({"presence", "size"})
 
 
-@dataclass
-class TrainingSequence:
-    """One training sequence: token ids, labels (-100 where nothing is supervised) and its views (or None)."""
-
-    input_ids: list[int]
-    labels: list[int]
-    views: torch.Tensor | None
-
-
 def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -71,10 +60,12 @@ def choice_flag_labels(tokenizer, prompt: list[int], correct: int, n_choices: in
     """Labels for an MCQ prompt that mark, on each choice's last token, whether it is the answer.
 
     The correct choice's last token must predict its letter, the others "no"; every other prompt token
-    gets -100 (labels are next-token targets, so the flag sits on the token after the option). This is intermediate supervision for the two hops a from-scratch decoder is slow to
-    find on its own (is this choice the answer? then which letter is it?): with it the answer position
-    only has to copy the letter from the one choice that predicts a letter. Nothing reads these positions
-    at inference, so the MCQ format is unchanged.
+    gets -100 (labels are next-token targets, so the flag sits on the token after the option).
+
+    This is intermediate supervision for the two hops a from-scratch decoder is slow to find on its own
+    (is this choice the answer? then which letter is it?): with it the answer position only has to copy
+    the letter from the one choice that predicts a letter. Nothing reads these positions at inference, so
+    the MCQ format is unchanged.
     """
     letters = letter_token_ids(tokenizer, n_choices)
     dot = tokenizer.convert_tokens_to_ids(".")
@@ -97,7 +88,7 @@ def choice_flag_labels(tokenizer, prompt: list[int], correct: int, n_choices: in
     return labels
 
 
-def letter_mapping_prompt(rng: random.Random, tokenizer, choice_flags: bool = True) -> TrainingSequence:
+def letter_mapping_prompt(rng: random.Random, tokenizer) -> TrainingSequence:
     """'Which option is X?' with four lettered choices from one category; the answer is X's letter."""
     category = rng.choice(ANSWER_CATEGORIES)
     choices = rng.sample(category, 4)
@@ -106,8 +97,7 @@ def letter_mapping_prompt(rng: random.Random, tokenizer, choice_flags: bool = Tr
         tokenizer, build_prompt(tokenizer, "", mcq_user_text(f"Which option is {choices[answer]}?", choices))
     )
     target = [letter_token_ids(tokenizer)[answer], tokenizer.convert_tokens_to_ids(IM_END)]
-    flags = choice_flag_labels(tokenizer, prompt, answer) if choice_flags else [-100] * len(prompt)
-    return TrainingSequence(prompt + target, flags + target, None)
+    return TrainingSequence(prompt + target, choice_flag_labels(tokenizer, prompt, answer) + target, None)
 
 
 def vqa_session(
@@ -117,7 +107,6 @@ def vqa_session(
     spec: ImageSpec,
     turns: int,
     mcq_fraction: float,
-    choice_flags: bool = True,
 ) -> TrainingSequence:
     """A fresh scene and up to `turns` questions about it; the image sits in the first turn only."""
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
@@ -126,14 +115,15 @@ def vqa_session(
         scene = sample_scene(rng)
         ids: list[int] = []
         labels: list[int] = []
-        image_string = ""
+        answered = 0
         for _ in range(4 * turns):  # a scene cannot support every question kind: retry a few times
-            if len(labels) and labels.count(im_end) >= turns:
+            if answered == turns:
                 break
             question = make_question(scene, rng)
             if question is None:
                 continue
-            if not ids:
+            image_string = ""
+            if not ids:  # the image goes with the first question only
                 views, grid = split_image(render_scene(scene), spec)
                 image_string = image_placeholder_for(grid, spec, cfg.vlm_extra_tokens)
             # "Which of these objects ..." needs its list of choices: without it the answer is ambiguous.
@@ -144,33 +134,14 @@ def vqa_session(
             else:
                 user = da_user_text(question.question)
                 answer = [*_ids(tokenizer, question.answer), im_end]
-            prompt = _ids(tokenizer, build_prompt(tokenizer, image_string if not ids else "", user))
+            prompt = _ids(tokenizer, build_prompt(tokenizer, image_string, user))
             flags = (
                 choice_flag_labels(tokenizer, prompt, question.correct_choice_idx)
-                if is_mcq and choice_flags
+                if is_mcq
                 else [-100] * len(prompt)
             )
             ids += prompt + answer
             labels += flags + answer
+            answered += 1
         if ids:
             return TrainingSequence(ids, labels, views)
-
-
-def collate_sequences(sequences: list[TrainingSequence], pad_id: int) -> dict:
-    """Right-padded ids, attention mask and labels, plus the views of every sequence that has an image."""
-    length = max(len(s.input_ids) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for row, seq in enumerate(sequences):
-        n = len(seq.input_ids)
-        ids[row, :n] = torch.tensor(seq.input_ids)
-        mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(seq.labels)
-    views = [s.views for s in sequences if s.views is not None]
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": labels,
-        "images": torch.cat(views) if views else None,
-    }

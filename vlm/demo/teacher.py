@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vlm.checkpoint import save_pretrained
 from vlm.config import VLMConfig
 from vlm.demo.scenes import demo_vocabulary
-from vlm.demo.sessions import collate_sequences, letter_mapping_prompt, vqa_session
+from vlm.demo.sessions import letter_mapping_prompt, vqa_session
 from vlm.demo.vision_pretrain import pretrain_vision
 from vlm.model import VisionLanguageModel
+from vlm.supervised import collate_sequences, sequence_loss
 from vlm.tokenizer import build_word_tokenizer, special_token_ids
 
 logger = logging.getLogger(__name__)
@@ -93,14 +93,6 @@ class TeacherTrainConfig:
     log_every: int = 100
 
 
-def answer_loss(model: VisionLanguageModel, batch: dict) -> torch.Tensor:
-    logits = model(batch["input_ids"], batch["images"], batch["attention_mask"])  # [B, T, V]
-    # Position t predicts token t+1.
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
-    )
-
-
 def init_for_scratch_training(model: VisionLanguageModel) -> None:
     """Shrink the ViT's position embeddings before training from scratch.
 
@@ -145,7 +137,7 @@ def _decoder_stage(
         batch = collate_sequences(make_batch(), pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, config)
-        loss = answer_loss(model, batch)
+        loss = sequence_loss(model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; lower the lr")
         optimizer.zero_grad(set_to_none=True)

@@ -9,12 +9,13 @@ import torch
 
 from vlm.checkpoint import load_pretrained
 from vlm.demo.scenes import COLORS, SHAPES, Scene, SceneObject, render_scene
-from vlm.demo.sessions import choice_flag_labels, collate_sequences, letter_mapping_prompt, vqa_session
+from vlm.demo.sessions import choice_flag_labels, letter_mapping_prompt, vqa_session
 from vlm.demo.teacher import TeacherTrainConfig, build_demo_tokenizer, demo_vlm_config, train_teacher
 from vlm.demo.vision_pretrain import N_CLASSES, conjunction_class, patch_labels
 from vlm.evaluate import letter_token_ids
 from vlm.model import VisionLanguageModel
 from vlm.processing import build_prompt, mcq_user_text
+from vlm.supervised import collate_sequences
 from vlm.tokenizer import IM_END, special_token_ids
 
 
