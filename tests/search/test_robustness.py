@@ -56,8 +56,13 @@ def test_killed_worker_resumes_and_retries_its_trial(world, tmp_path):
         while True:
             assert worker.poll() is None, log_tail(first_log)
             assert time.monotonic() < deadline, log_tail(first_log)
-            states = [t.state for t in _trials(storage)]
-            if sum(s in FINISHED for s in states) >= 3 and TrialState.RUNNING in states:
+            trials = _trials(storage)
+            finished = [t for t in trials if t.state in FINISHED]
+            # Kill only once the running trial has sampled every parameter: killed mid-sampling, its
+            # retry would (rightly) sample the missing ones and the params comparison below would race.
+            n_params = max((len(t.params) for t in finished if t.state == TrialState.COMPLETE), default=0)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if len(finished) >= 3 and running and len(running[0].params) == n_params > 0:
                 break
             time.sleep(0.2)
         os.kill(worker.pid, signal.SIGKILL)
