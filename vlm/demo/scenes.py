@@ -81,6 +81,9 @@ Q_COUNT_SHAPE = "How many {shapes} are there?"
 Q_SPATIAL = "Where is the {a} relative to the {b}?"
 Q_PRESENCE = "Which of these objects is in the image?"
 Q_SIZE = "Which of these objects is the largest?"
+# Training-only questions (vlm.demo.sessions): never in the dataset, but their words are in the vocabulary.
+Q_CAPTION = "Which objects are in the image?"
+Q_LOCATION = "Where is the {what}?"
 
 R_ATTRIBUTE = "The small {what} is {value}."
 R_UNIQUE = "There is only one small {what} in the image."
@@ -96,7 +99,7 @@ R_SMALL = "The {a}, {b} and {c} are small."
 R_LARGEST = "So the {what} is the largest of these objects."
 R_COUNTING = "Counting the {what} gives {number}."
 _TEMPLATES: tuple[str, ...] = (
-    *(Q_COLOR, Q_SHAPE, Q_COUNT_COLOR, Q_COUNT_SHAPE, Q_SPATIAL, Q_PRESENCE, Q_SIZE),
+    *(Q_COLOR, Q_SHAPE, Q_COUNT_COLOR, Q_COUNT_SHAPE, Q_SPATIAL, Q_PRESENCE, Q_SIZE, Q_CAPTION, Q_LOCATION),
     *(R_ATTRIBUTE, R_UNIQUE, R_LOCATION, R_COUNT_ONE, R_COUNT_MANY, R_TOTAL, R_SPATIAL, R_PRESENT),
     *(R_ABSENT, R_LARGE, R_SMALL, R_LARGEST, R_COUNTING),
 )
@@ -335,7 +338,7 @@ def draw_plan(rng: random.Random, kind: str | None = None) -> AnswerPlan:
     return AnswerPlan(kind)
 
 
-def _region(scene: Scene, obj: SceneObject) -> str:
+def region_of(scene: Scene, obj: SceneObject) -> str:
     """'top left', 'right', 'center', ... from the object's centre, by thirds of the image."""
     col = int(3 * (obj.cx + 0.5) / scene.width)
     row = int(3 * (obj.cy + 0.5) / scene.height)
@@ -420,7 +423,7 @@ def _attribute_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Q
             [
                 R_ATTRIBUTE.format(what=obj.shape, value=obj.color),
                 R_UNIQUE.format(what=obj.shape),
-                R_LOCATION.format(what=f"small {obj.shape}", region=_region(scene, obj)),
+                R_LOCATION.format(what=f"small {obj.shape}", region=region_of(scene, obj)),
             ],
         )
     distractors = [s for s in SHAPES if s != obj.shape]
@@ -433,7 +436,7 @@ def _attribute_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Q
         [
             R_ATTRIBUTE.format(what=f"{obj.color} object", value=f"{_article(obj.shape)} {obj.shape}"),
             R_UNIQUE.format(what=f"{obj.color} object"),
-            R_LOCATION.format(what=f"small {obj.color} {obj.shape}", region=_region(scene, obj)),
+            R_LOCATION.format(what=f"small {obj.color} {obj.shape}", region=region_of(scene, obj)),
         ],
     )
 
@@ -493,8 +496,8 @@ def _spatial_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Que
     distractors = [r for r in RELATIONS if r != relation]
     rationales = [
         R_SPATIAL.format(a=a.descriptor, relation=RELATION_PHRASES[relation], b=b.descriptor),
-        R_LOCATION.format(what=a.descriptor, region=_region(scene, a)),
-        R_LOCATION.format(what=b.descriptor, region=_region(scene, b)),
+        R_LOCATION.format(what=a.descriptor, region=region_of(scene, a)),
+        R_LOCATION.format(what=b.descriptor, region=region_of(scene, b)),
     ]
     return _finish(
         rng, "spatial", Q_SPATIAL.format(a=a.descriptor, b=b.descriptor), relation, distractors, rationales
@@ -518,7 +521,7 @@ def _presence_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Qu
     rationales = [
         R_PRESENT.format(article=_article(answer), what=answer),
         R_ABSENT.format(a=distractors[0], b=distractors[1], c=distractors[2]),
-        R_LOCATION.format(what=answer, region=_region(scene, present[answer])),
+        R_LOCATION.format(what=answer, region=region_of(scene, present[answer])),
     ]
     return _finish(rng, "presence", Q_PRESENCE, answer, distractors, rationales)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from vlm.checkpoint import save_pretrained
 from vlm.config import VLMConfig
 from vlm.demo.scenes import demo_vocabulary
-from vlm.demo.sessions import letter_mapping_prompt, vqa_session
+from vlm.demo.sessions import SessionMix, letter_mapping_prompt, vqa_session
 from vlm.demo.vision_pretrain import pretrain_vision
 from vlm.model import VisionLanguageModel
 from vlm.supervised import collate_sequences, sequence_loss
@@ -76,14 +76,13 @@ def build_demo_tokenizer(out_dir: Path | None = None):
 class TeacherTrainConfig:
     """Training of the demo teacher: three stages on freshly generated scenes (see `train_teacher`)."""
 
-    vision_steps: int = 1400  # stage 1: dense per-patch pre-training of the ViT (vision_pretrain.py)
+    vision_steps: int = 2000  # stage 1: dense per-patch pre-training of the ViT (vision_pretrain.py)
     vision_lr: float = 2e-3
     letter_steps: int = 400  # stage 2: text-only "Which option is X?" drill (sessions.letter_mapping_prompt)
     letter_batch_size: int = 32
-    vqa_steps: int = 750  # stage 3: multi-turn VQA sessions, MCQ and direct answers mixed
+    vqa_steps: int = 700  # stage 3: multi-turn VQA sessions, MCQ and direct answers mixed
     batch_size: int = 16  # sessions (images) per VQA step
-    turns: int = 8  # questions per session
-    mcq_fraction: float = 0.6  # the rest are direct answers, so the teacher answers both ways
+    session: SessionMix = SessionMix()  # what each session asks: turns, MCQ share, captions, locations
     lr: float = 4e-4  # decoder stages; 1.5e-3 kept a 96-wide decoder from ever learning the letter mapping
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -171,8 +170,9 @@ def train_teacher(
     init_for_scratch_training(model)
     logger.info("demo teacher: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     pad_id = tokenizer.pad_token_id
+    vision = {}
     if config.vision_steps:
-        pretrain_vision(model, config.vision_steps, lr=config.vision_lr, seed=config.seed)
+        vision = pretrain_vision(model, config.vision_steps, lr=config.vision_lr, seed=config.seed)
     rng = random.Random(f"teacher/{config.seed}")
     if config.letter_steps:
         _decoder_stage(
@@ -188,10 +188,7 @@ def train_teacher(
         model,
         "vqa sessions",
         config.vqa_steps,
-        lambda: [
-            vqa_session(rng, tokenizer, cfg, spec, config.turns, config.mcq_fraction)
-            for _ in range(config.batch_size)
-        ],
+        lambda: [vqa_session(rng, tokenizer, cfg, spec, config.session) for _ in range(config.batch_size)],
         config,
         pad_id,
     )
@@ -201,7 +198,7 @@ def train_teacher(
             model,
             out_dir,
             tokenizer=tokenizer,
-            extras={"demo_teacher_training": dataclasses.asdict(config)},
+            extras={"demo_teacher_training": dataclasses.asdict(config), "vision_pretraining": vision},
             weights_dtype=torch.float16,
         )
     return model, tokenizer

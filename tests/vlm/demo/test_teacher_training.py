@@ -8,8 +8,16 @@ import random
 import torch
 
 from vlm.checkpoint import load_pretrained
-from vlm.demo.scenes import COLORS, SHAPES, Scene, SceneObject, render_scene
-from vlm.demo.sessions import choice_flag_labels, letter_mapping_prompt, vqa_session
+from vlm.demo.scenes import COLORS, SHAPES, Scene, SceneObject, draw_plan, render_scene, sample_scene
+from vlm.demo.sessions import (
+    SessionMix,
+    balanced_count_plan,
+    caption_question,
+    choice_flag_labels,
+    letter_mapping_prompt,
+    location_question,
+    vqa_session,
+)
 from vlm.demo.teacher import TeacherTrainConfig, build_demo_tokenizer, demo_vlm_config, train_teacher
 from vlm.demo.vision_pretrain import N_CLASSES, conjunction_class, patch_labels
 from vlm.evaluate import letter_token_ids
@@ -64,7 +72,7 @@ def test_vqa_session_puts_one_image_before_several_answered_turns():
     image_token = special_token_ids(tokenizer, cfg)["image_token"]
     spec = VisionLanguageModel(cfg, image_token).image_spec
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    seq = vqa_session(random.Random(1), tokenizer, cfg, spec, turns=5, mcq_fraction=0.5)
+    seq = vqa_session(random.Random(1), tokenizer, cfg, spec, SessionMix(turns=5, mcq_fraction=0.5))
     n_views = seq.views.shape[0]
     assert seq.input_ids.count(image_token) == n_views * cfg.mp_image_token_length
     assert seq.labels.count(im_end) == 5
@@ -91,7 +99,7 @@ def test_a_short_teacher_run_trains_and_saves_a_loadable_checkpoint(tmp_path):
         letter_batch_size=4,
         vqa_steps=3,
         batch_size=2,
-        turns=2,
+        session=SessionMix(turns=2),
         warmup_steps=1,
     )
     torch.manual_seed(0)
@@ -117,3 +125,32 @@ def test_choice_flags_mark_the_correct_option_with_its_letter_and_the_others_wit
     }
     # Each option's last token predicts the flag; option C's text is itself "A" and must not confuse the search.
     assert flagged == {"circle": "no", "blue": "no", "A": "C", "green": "no"}
+
+
+def test_caption_lists_every_object_left_to_right_and_location_names_the_region():
+    left = SceneObject("circle", "red", "small", 4, 4, 6, 6)  # top left third
+    middle = SceneObject("square", "blue", "large", 56, 24, 16, 16)  # centre
+    right = SceneObject("cross", "green", "small", 118, 54, 6, 6)  # bottom right
+    scene = Scene(objects=[right, left, middle])
+    assert caption_question(scene).answer == "small red circle , large blue square , small green cross"
+    regions = {location_question(scene, random.Random(seed)).answer for seed in range(20)}
+    assert regions == {"top left", "center", "bottom right"}
+    twins = Scene(objects=[left, dataclasses.replace(left, x=100)])
+    assert location_question(twins, random.Random(0)) is None  # "the red circle" would be ambiguous
+
+
+def test_session_count_answers_are_supported_by_the_scene_and_close_to_the_dataset_balance():
+    rng = random.Random(3)
+    answers = []
+    for _ in range(4000):
+        scene = sample_scene(rng)
+        plan = balanced_count_plan(scene, rng, draw_plan(rng, "count"))
+        assert plan.window_start <= plan.count <= plan.window_start + 3
+        attribute = (lambda o: o.color) if plan.by_color else (lambda o: o.shape)
+        pool = COLORS if plan.by_color else SHAPES
+        assert plan.count in {sum(attribute(o) == k for o in scene.objects) for k in pool}
+        answers.append(plan.count)
+    shares = [answers.count(n) / len(answers) for n in range(5)]
+    # The dataset's answer shares are 1/8, 1/4, 1/4, 1/4, 1/8 (scenes.draw_plan).
+    for share, target in zip(shares, (0.125, 0.25, 0.25, 0.25, 0.125), strict=True):
+        assert abs(share - target) < 0.07, shares
