@@ -20,7 +20,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from distill.finalize import FINALIZED_PREFIX
-from distill.promote import pareto_front
+from distill.promote import first_of_each_config, pareto_front
 from search.space import PARAMS
 from search.study import REFERENCE_ATTR
 from search.study_config import SearchSettings
@@ -210,11 +210,15 @@ def state_counts(trials: pd.DataFrame) -> dict[str, int]:
 
 
 def pareto_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
-    """The constrained Pareto set (`distill.promote.pareto_front` over feasible trials), fewest FLOPs first."""
+    """The constrained Pareto set (`distill.promote.pareto_front` over feasible trials), fewest FLOPs first.
+
+    One row per distinct config, as `distill.promote` does: TPE re-samples configs, and a re-sampled one
+    scores the same, so it would be listed again as a tie on the front.
+    """
     feasible = set(trials.loc[trials["feasible"], "number"])
-    frozen = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number in feasible
-    ]
+    frozen = first_of_each_config(
+        [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number in feasible]
+    )
     numbers = [t.number for t in pareto_front(frozen)]
     return trials.set_index("number").loc[numbers].reset_index()
 

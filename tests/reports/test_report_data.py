@@ -102,6 +102,20 @@ def test_finalized_rows_and_arrows(report):
     assert row["da_accuracy"] == 0.50 and row["distilled_reduction_pct"] == pytest.approx(82.0)
 
 
+def test_a_resampled_config_is_listed_once_on_the_front(study):
+    again = study.trials[2]  # TPE sampling trial 2's config again: same params, same scores
+    study.add_trial(
+        create_trial(
+            state=again.state,
+            values=again.values,
+            params=again.params,
+            distributions=again.distributions,
+            user_attrs=again.user_attrs,
+        )
+    )
+    assert list(data.report_data(study, RATIO).front["number"]) == [2, 1, 0]
+
+
 def test_summary_joins_front_and_finalized(report):
     summary = report.summary
     assert list(summary["number"]) == [4, 2, 1, 0]
