@@ -1,7 +1,8 @@
 """Sensitivity of the demo teacher to each compression knob at its strongest setting.
 
 `python -m benchmarks.sensitivity [--teacher DIR] [--n 1000] [--out benchmarks/results/sensitivity.json]`
-prints accuracy (with its 95% interval) and analytic FLOPs per question on the demo validation split for:
+prints accuracy (with its 95% interval), the exact paired (McNemar) p-value of its difference from the
+teacher on the same questions, and analytic FLOPs per question on the demo validation split for:
 the teacher, global view only, 4x4 and 2x2 tokens per view, half the view size, a quarter of the decoder
 blocks dropped, a quarter of the encoder blocks dropped (least important first, as the search drops them),
 and the same questions with blank images.
@@ -21,7 +22,7 @@ from search.world import load_split, load_teacher
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
 from vlm.demo.train_teacher import blank_images
-from vlm.evaluate import EvalConfig
+from vlm.evaluate import EvalConfig, disagreements, paired_exact_p
 
 
 def knob_configs(cfg, decoder_order, encoder_order) -> dict[str, CompressionConfig]:
@@ -60,6 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     evaluator = SubsetEvaluator(tokenizer, val, EvalConfig(batch_size=100, show_progress=False))
     rows = []
     teacher_flops = None
+    teacher_result = None
+    correct = {e.question_id: e.correct_choice_idx for e in val}
+
+    def paired_vs_teacher(result) -> dict:
+        only_teacher, only_knob = disagreements(teacher_result, result, correct)
+        return {
+            "only_teacher_right": only_teacher,
+            "only_config_right": only_knob,
+            "paired_p": paired_exact_p(only_teacher, only_knob),
+        }
+
     for name, compression in knob_configs(
         teacher.cfg, drop_order(decoder_scores), drop_order(encoder_scores)
     ).items():
@@ -68,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         score = evaluator.score(student, plan)
         cost = evaluator.cost(student, plan)
         teacher_flops = teacher_flops or cost.flops
+        teacher_result = teacher_result or score.result
         low, high = score.result.interval
         rows.append(
             {
@@ -75,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 "accuracy": score.accuracy,
                 "ci_low": low,
                 "ci_high": high,
+                **paired_vs_teacher(score.result),
                 "mflops_per_question": cost.flops / 1e6,
                 "flops_vs_teacher": cost.flops / teacher_flops,
                 "views": cost.views,
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             "accuracy": blank_score.accuracy,
             "ci_low": blank_score.result.interval[0],
             "ci_high": blank_score.result.interval[1],
+            **paired_vs_teacher(blank_score.result),
             "mflops_per_question": rows[0]["mflops_per_question"],
             "flops_vs_teacher": 1.0,
             "views": rows[0]["views"],
@@ -99,11 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     print(
-        f"{'config':<28} {'accuracy':>9} {'95% CI':>15} {'MFLOPs/q':>10} {'vs teacher':>10} {'views':>6} {'img tok':>8}"
+        f"{'config':<28} {'accuracy':>9} {'95% CI':>15} {'paired p':>9} {'MFLOPs/q':>10} {'vs teacher':>10} "
+        f"{'views':>6} {'img tok':>8}"
     )
     for r in rows:
         print(
-            f"{r['config']:<28} {r['accuracy']:>9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+            f"{r['config']:<28} {r['accuracy']:>9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['paired_p']:>9.2g} "
             f"{r['mflops_per_question']:>10.1f} {r['flops_vs_teacher']:>10.2f} {r['views']:>6.1f} {r['image_tokens']:>8.1f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,15 +14,32 @@ from vlm.evaluate import (
     EvalConfig,
     MCQResult,
     direct_answer_score,
+    disagreements,
     evaluate_direct_answer,
     evaluate_mcq,
     iter_mcq,
     leaderboard_predictions,
+    paired_exact_p,
     wilson_interval,
     write_json_atomic,
 )
 
 QUIET = {"show_progress": False}
+
+
+def test_paired_exact_p_by_hand():
+    assert paired_exact_p(0, 5) == pytest.approx(2 / 2**5)  # all five disagreements one way
+    assert paired_exact_p(9, 1) == pytest.approx(2 * (1 + 10) / 2**10)
+    assert paired_exact_p(3, 3) == 1.0 and paired_exact_p(0, 0) == 1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        paired_exact_p(-1, 2)
+
+
+def test_disagreements_count_questions_only_one_model_got_right():
+    correct = {"a": 0, "b": 1, "c": 2, "d": 3}
+    first = MCQResult(n=4, correct=3, predictions={"a": 0, "b": 1, "c": 2, "d": 0})
+    second = MCQResult(n=4, correct=2, predictions={"a": 0, "b": 0, "c": 1, "d": 3})
+    assert disagreements(first, second, correct) == (2, 1)  # b and c for first, d for second
 
 
 def test_wilson_interval_by_hand():
