@@ -267,7 +267,10 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
                 "distilled_ci_high": _number(record.get("ci_high")),
                 "distilled_n": record.get("n"),
                 "da_accuracy": _number(record.get("da_accuracy")),
-                "distilled_reduction_pct": 100 * (1 - record["gflops"] / teacher_gflops),
+                # finalize compares with the teacher on the same (full validation) questions; records
+                # written before it stored `teacher_gflops` fall back to the search subset's baseline.
+                "distilled_reduction_pct": 100
+                * (1 - record["gflops"] / record.get("teacher_gflops", teacher_gflops)),
                 "keeps_constraint": record.get("keeps_constraint"),
             }
         )

@@ -102,6 +102,13 @@ def test_finalized_rows_and_arrows(report):
     assert row["da_accuracy"] == 0.50 and row["distilled_reduction_pct"] == pytest.approx(82.0)
 
 
+def test_distilled_reduction_uses_the_teachers_flops_on_the_same_questions(study):
+    record = dict(study.user_attrs["finalized:2"], teacher_gflops=90.0)  # full split: shorter prompts
+    study.set_user_attr("finalized:2", record)
+    row = data.report_data(study, RATIO).finalized.set_index("trial").loc[2]
+    assert row["distilled_reduction_pct"] == pytest.approx(80.0)  # 18 of 90, not of the subset's 100
+
+
 def test_a_resampled_config_is_listed_once_on_the_front(study):
     again = study.trials[2]  # TPE sampling trial 2's config again: same params, same scores
     study.add_trial(
