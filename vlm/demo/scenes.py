@@ -395,7 +395,7 @@ def _finish(
     )
 
 
-def _unique_by(objects: list[SceneObject], key) -> dict:
+def unique_by(objects: list[SceneObject], key) -> dict:
     """key -> object, for the keys that exactly one object has."""
     groups: dict = {}
     for obj in objects:
@@ -406,7 +406,7 @@ def _unique_by(objects: list[SceneObject], key) -> dict:
 def _attribute_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Question | None:
     small = [o for o in scene.objects if o.size_name == "small"]
     ask_color = plan.by_color
-    unique = _unique_by(small, (lambda o: o.shape) if ask_color else (lambda o: o.color))
+    unique = unique_by(small, (lambda o: o.shape) if ask_color else (lambda o: o.color))
     if not unique:
         return None
     key = rng.choice(sorted(unique))
@@ -441,12 +441,16 @@ def _attribute_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Q
     )
 
 
+def counts_by(scene: Scene, by_color: bool) -> dict[str, int]:
+    """How many objects of each colour (``by_color``) or of each shape, zero counts included."""
+    if by_color:
+        return {c: sum(o.color == c for o in scene.objects) for c in COLORS}
+    return {s: sum(o.shape == s for o in scene.objects) for s in SHAPES}
+
+
 def _count_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Question | None:
     by_color, start, target = plan.by_color, plan.window_start, plan.count
-    if by_color:
-        counts = {c: sum(o.color == c for o in scene.objects) for c in COLORS}
-    else:
-        counts = {s: sum(o.shape == s for o in scene.objects) for s in SHAPES}
+    counts = counts_by(scene, by_color)
     candidates = sorted(k for k, n in counts.items() if n == target)
     if not candidates:
         return None
@@ -483,7 +487,7 @@ def spatial_relation(a: SceneObject, b: SceneObject) -> str | None:
 
 def _spatial_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Question | None:
     relation = plan.relation
-    unique = _unique_by(scene.objects, lambda o: o.descriptor)
+    unique = unique_by(scene.objects, lambda o: o.descriptor)
     pairs = [
         (a, b)
         for a in unique.values()
@@ -527,7 +531,7 @@ def _presence_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Qu
 
 
 def _size_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Question | None:
-    unique = _unique_by(scene.objects, lambda o: o.descriptor)
+    unique = unique_by(scene.objects, lambda o: o.descriptor)
     large = sorted(d for d, o in unique.items() if o.size_name == "large")
     small = sorted(d for d, o in unique.items() if o.size_name == "small")
     if not large or len(small) < 3:

@@ -31,11 +31,13 @@ from vlm.demo.scenes import (
     AnswerPlan,
     Question,
     Scene,
+    counts_by,
     draw_plan,
     make_question,
     region_of,
     render_scene,
     sample_scene,
+    unique_by,
 )
 from vlm.evaluate import letter_token_ids
 from vlm.processing import (
@@ -80,6 +82,13 @@ class SessionMix:
     mcq_fraction: float = 0.6  # dataset questions asked as MCQs; the rest as direct answers
     caption_fraction: float = 0.5  # sessions whose first turn is the caption (`caption_question`)
     location_fraction: float = 0.15  # turns asking "Where is the X?" (`location_question`)
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise ValueError(f"turns must be >= 1, got {self.turns}")
+        for name in ("mcq_fraction", "caption_fraction", "location_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -148,13 +157,10 @@ def caption_question(scene: Scene) -> Question:
 def location_question(scene: Scene, rng: random.Random) -> Question | None:
     """'Where is the red circle?' answered with its region ('top left', 'center', ...): the one-hop
     version of the spatial questions. None when no object's descriptor is unique in the scene."""
-    by_descriptor: dict = {}
-    for obj in scene.objects:
-        by_descriptor.setdefault(obj.descriptor, []).append(obj)
-    unique = sorted(d for d, objs in by_descriptor.items() if len(objs) == 1)
+    unique = unique_by(scene.objects, lambda o: o.descriptor)
     if not unique:
         return None
-    obj = by_descriptor[rng.choice(unique)][0]
+    obj = unique[rng.choice(sorted(unique))]
     return _direct_only(LOCATION_KIND, Q_LOCATION.format(what=obj.descriptor), region_of(scene, obj))
 
 
@@ -165,11 +171,7 @@ def balanced_count_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> A
     so it picks the answer among what the scene supports instead. The window of four number choices is
     drawn as in `draw_plan`: 0-3 or 1-4 with the answer inside.
     """
-    if plan.by_color:
-        counts = {sum(o.color == c for o in scene.objects) for c in COLORS}
-    else:
-        counts = {sum(o.shape == s for o in scene.objects) for s in SHAPES}
-    supported = sorted(n for n in counts if n in COUNT_PICK_WEIGHTS)
+    supported = sorted(n for n in set(counts_by(scene, plan.by_color).values()) if n in COUNT_PICK_WEIGHTS)
     count = rng.choices(supported, weights=[COUNT_PICK_WEIGHTS[n] for n in supported])[0]
     start = 0 if count == 0 else 1 if count == 4 else rng.randint(0, 1)
     return dataclasses.replace(plan, count=count, window_start=start)

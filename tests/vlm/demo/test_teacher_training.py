@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import pytest
 import torch
 
 from vlm.checkpoint import load_pretrained
@@ -154,3 +155,10 @@ def test_session_count_answers_are_supported_by_the_scene_and_close_to_the_datas
     # The dataset's answer shares are 1/8, 1/4, 1/4, 1/4, 1/8 (scenes.draw_plan).
     for share, target in zip(shares, (0.125, 0.25, 0.25, 0.25, 0.125), strict=True):
         assert abs(share - target) < 0.07, shares
+
+
+def test_session_mix_rejects_fractions_outside_zero_one_and_empty_sessions():
+    with pytest.raises(ValueError, match="caption_fraction"):
+        SessionMix(caption_fraction=1.5)
+    with pytest.raises(ValueError, match="turns"):
+        SessionMix(turns=0)
