@@ -134,7 +134,11 @@ class Objective:
             trial.set_user_attr("invalid_reason", str(err))
             raise optuna.TrialPruned(f"invalid config: {err}") from err
         try:
-            student = compress(ctx.teacher, compression)
+            # A resampler starts from fresh weights: seed them by trial, so a trial scores the same whatever
+            # ran before it in this process (a resumed study, another worker, a different trial order).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(search.seed + trial.number)
+                student = compress(ctx.teacher, compression)
             cost = ctx.subset.cost(student, plan)
             if compression.resampler_width is not None:
                 warmup, teacher_logits = ctx.warmup_data()

@@ -179,6 +179,24 @@ def test_bigger_target_resumes_without_remeasuring(searched):
     assert sum(t.user_attrs.get(REFERENCE_ATTR) == "teacher" for t in study.trials) == 1
 
 
+def test_resampler_trial_scores_the_same_whatever_ran_before_it(searched, world, tmp_path):
+    # A second study, run after the global torch RNG has moved on: the resampler reference gets the same
+    # trial number, so the same fresh weights and warm-up, and the same score.
+    torch.manual_seed(12345)
+    torch.rand(1000)
+    url = sqlite_url(tmp_path / "again.db")
+    first = _reference(searched.study, "50% resampler")
+    assert main(run_args(world.toml(tmp_path), url, first.number + 1)) == 0
+    again = _reference(load(url), "50% resampler")
+    assert again.number == first.number
+    assert again.values == first.values
+    assert again.user_attrs["resampler_warmup_loss"] == first.user_attrs["resampler_warmup_loss"]
+
+
+def _reference(study: optuna.Study, name: str):
+    return next(t for t in study.trials if t.user_attrs.get(REFERENCE_ATTR) == name)
+
+
 def test_invalid_config_is_pruned_with_its_reason(searched):
     trial = searched.study.trials[searched.invalid_number]
     assert trial.state == TrialState.PRUNED
