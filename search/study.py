@@ -48,13 +48,18 @@ def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.St
 
 
 def enqueue_references(study: optuna.Study, teacher_cfg: VLMConfig, config: StudyConfig) -> int:
-    """Enqueue the teacher and the hand-picked configs once per study (the first worker does it)."""
+    """Enqueue the teacher and the hand-picked configs once per study (the first worker does it).
+
+    The "done" mark is set only after every reference is in the queue, so a worker killed half-way leaves
+    it unset and the next one completes the set; `skip_if_exists` keeps those already queued (or run) from
+    being queued twice.
+    """
     if not config.search.references or study.user_attrs.get("references_enqueued"):
         return 0
-    study.set_user_attr("references_enqueued", True)
     refs = reference_params(teacher_cfg, config.space)
     for name, params in refs.items():
         study.enqueue_trial(params, user_attrs={REFERENCE_ATTR: name}, skip_if_exists=True)
+    study.set_user_attr("references_enqueued", True)
     return len(refs)
 
 

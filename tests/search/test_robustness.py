@@ -18,7 +18,9 @@ from optuna.trial import TrialState
 import search.objective
 from search.run import main
 from search.storage import open_storage
-from search.study import FINISHED, REFERENCE_ATTR
+from search.study import FINISHED, REFERENCE_ATTR, enqueue_references
+from search.study_config import load_study_config
+from vlm.checkpoint import load_pretrained
 from tests.search.conftest import STUDY, load, log_tail, run_args, spawn, sqlite_url
 
 WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
@@ -170,6 +172,33 @@ def test_concurrent_workers_never_claim_the_same_enqueued_trial(tmp_path):
     for thread in threads:
         thread.join()
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 16
+
+
+def test_references_enqueued_half_way_are_completed_once_by_the_next_worker(world, tmp_path, monkeypatch):
+    """A worker killed between two enqueues must not leave the study without its remaining references."""
+    config = load_study_config(str(world.toml(tmp_path)))
+    teacher_cfg = load_pretrained(world.teacher).cfg
+    study = optuna.create_study(
+        study_name=STUDY, storage=open_storage(sqlite_url(tmp_path / "refs.db")), directions=["minimize"] * 2
+    )
+    real_enqueue = optuna.Study.enqueue_trial
+    calls = []
+
+    def dies_on_the_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("worker killed")
+        return real_enqueue(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        enqueue_references(study, teacher_cfg, config)
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", real_enqueue)
+    assert "references_enqueued" not in study.user_attrs and len(study.trials) == 2
+    assert enqueue_references(study, teacher_cfg, config) == 6  # the next worker completes the set
+    names = [t.user_attrs[REFERENCE_ATTR] for t in study.trials]
+    assert len(names) == len(set(names)) == 6 and study.user_attrs["references_enqueued"]
+    assert enqueue_references(study, teacher_cfg, config) == 0 and len(study.trials) == 6
 
 
 def test_a_failing_trial_does_not_stop_the_study(world, tmp_path, monkeypatch):
