@@ -20,8 +20,8 @@ from search.run import main
 from search.storage import open_storage
 from search.study import FINISHED, REFERENCE_ATTR, enqueue_references
 from search.study_config import load_study_config
-from vlm.checkpoint import load_pretrained
 from tests.search.conftest import STUDY, load, log_tail, run_args, spawn, sqlite_url
+from vlm.checkpoint import load_pretrained
 
 WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
 
