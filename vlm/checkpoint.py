@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlm.config import VLMConfig
+from vlm.config import CompressionConfig, VLMConfig
 from vlm.model import ConnectorConfig, PerceiverResampler, VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -252,6 +252,8 @@ def load_pretrained(
         raise CheckpointError(
             f"internal key map incomplete: missing {real_missing[:5]}, unexpected {unexpected[:5]}"
         )
+    if "compression" in extras:  # a student: keep its record, so saving it again keeps it too
+        model.compression = CompressionConfig.from_dict(extras["compression"])
     model.eval()
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)

@@ -108,6 +108,14 @@ def test_compress_records_its_config(tiny_model, tmp_path):
     out = save_pretrained(compress(tiny_model, compression), tmp_path / "s")
     extras = json.loads((out / "vlm_compress.json").read_text())
     assert CompressionConfig.from_dict(extras["compression"]) == compression
+    # Loading restores the record, so a loaded student saved again still says what it was compressed from.
+    loaded = load_pretrained(out)
+    assert loaded.compression == compression
+    again = save_pretrained(loaded, tmp_path / "again")
+    assert CompressionConfig.from_dict(
+        json.loads((again / "vlm_compress.json").read_text())["compression"]
+    ) == (compression)
+    assert not hasattr(load_pretrained(save_pretrained(tiny_model, tmp_path / "t")), "compression")
 
 
 def test_atomic_save_keeps_old_folder_on_failure(tiny_model, tmp_path, monkeypatch):
