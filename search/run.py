@@ -1,7 +1,8 @@
 """`python -m search.run [--study NAME] [--trials N] [--storage URL] [--timeout S]`
 
-Creates or resumes the study and runs trials until it holds N finished trials (several workers may run
-against one storage; each stops when the study reaches N). The dashboard: `optuna-dashboard <storage URL>`.
+Creates or resumes the study and runs trials until it holds N finished trials. Several workers may run
+against one storage: a worker starts no trial once finished plus running trials reach N, so the study ends
+at N, not one over. The dashboard: `optuna-dashboard <storage URL>`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import time
 import warnings
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from tqdm.auto import tqdm
 
 from search.objective import Objective, SearchContext
 from search.study import (
-    FINISHED,
+    StopAtTarget,
     best_feasible,
     count_finished,
+    count_running,
     enqueue_references,
     open_study,
     reference_trials,
@@ -30,6 +31,10 @@ from search.world import WorldUnavailable
 
 logger = logging.getLogger("search.run")
 
+# While other workers' trials are enough to reach the target, check this often whether one of them died
+# (its trial is then failed and re-queued, and this worker runs the retry).
+WAIT_POLL_SECONDS = 2.0
+
 
 def _describe(trial: optuna.trial.FrozenTrial | None) -> str:
     if trial is None:
@@ -38,6 +43,13 @@ def _describe(trial: optuna.trial.FrozenTrial | None) -> str:
         f"#{trial.number} {trial.values[0]:.4g} GFLOPs ({trial.user_attrs.get('reduction_pct', 0):.1f}% fewer), "
         f"acc {trial.values[1]:.3f}"
     )
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, via the storage's callback, re-queue) trials whose worker stopped sending heartbeats."""
+    with warnings.catch_warnings():  # "experimental" in optuna since v2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,21 +106,34 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     # Stale trials of a killed worker are failed (and retried) now, even if no new trial needs to start.
-    with warnings.catch_warnings():  # "experimental" in optuna since v2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    _fail_stale_trials(study)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed_before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+    waiting_logged = False
     # Failed trials do not count towards N: keep going until N have finished, unless failures pile up.
     while (done := count_finished(study)) < target:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             break
+        running = count_running(study)
+        if done + running >= target:
+            # Other workers' trials will reach N: starting one more would overshoot it. Keep watching, in
+            # case one of them dies and its trial comes back as a retry.
+            if not waiting_logged:
+                logger.info(
+                    "%d finished, %d running elsewhere: waiting for them to reach %d", done, running, target
+                )
+                waiting_logged = True
+            time.sleep(WAIT_POLL_SECONDS)
+            _fail_stale_trials(study)
+            continue
         study.optimize(
             Objective(context),
-            n_trials=target - done,
+            n_trials=target - done - running,
             timeout=remaining,
-            callbacks=[MaxTrialsCallback(target, states=FINISHED), on_trial],
+            # The target check last: the shorter the gap between counting and the next trial's start, the
+            # rarer two workers both start one when the study is one trial short.
+            callbacks=[on_trial, StopAtTarget(target)],
             catch=(Exception,),
             gc_after_trial=False,
         )

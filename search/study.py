@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 import optuna
@@ -47,15 +48,22 @@ def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.St
     return study
 
 
-def enqueue_references(study: optuna.Study, teacher_cfg: VLMConfig, config: StudyConfig) -> int:
+def enqueue_references(
+    study: optuna.Study, teacher_cfg: VLMConfig, config: StudyConfig, claim_timeout: float = 60.0
+) -> int:
     """Enqueue the teacher and the hand-picked configs once per study (the first worker does it).
 
-    The "done" mark is set only after every reference is in the queue, so a worker killed half-way leaves
-    it unset and the next one completes the set; `skip_if_exists` keeps those already queued (or run) from
-    being queued twice.
+    A worker first claims the job (a timestamp in the study), enqueues, then marks it done. Workers started
+    meanwhile leave it to the claimer; a claim older than `claim_timeout` seconds without the done mark is
+    a worker killed half-way, and the next worker completes the set (`skip_if_exists` keeps the references
+    already queued or run from being queued twice). Enqueueing takes milliseconds.
     """
     if not config.search.references or study.user_attrs.get("references_enqueued"):
         return 0
+    claimed_at = study.user_attrs.get("references_claimed_at")
+    if claimed_at is not None and time.time() - claimed_at < claim_timeout:
+        return 0
+    study.set_user_attr("references_claimed_at", time.time())
     refs = reference_params(teacher_cfg, config.space)
     for name, params in refs.items():
         study.enqueue_trial(params, user_attrs={REFERENCE_ATTR: name}, skip_if_exists=True)
@@ -65,6 +73,26 @@ def enqueue_references(study: optuna.Study, teacher_cfg: VLMConfig, config: Stud
 
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def count_running(study: optuna.Study) -> int:
+    """Trials some worker (this one or another) is running now."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+class StopAtTarget:
+    """Optuna callback: stop this worker once finished trials plus those running elsewhere reach `target`.
+
+    optuna's MaxTrialsCallback counts finished trials only, so with two workers the other one was nearly
+    always mid-trial when the target was reached, and the study ended one trial over it.
+    """
+
+    def __init__(self, target: int):
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if count_finished(study) + count_running(study) >= self.target:
+            study.stop()
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
