@@ -91,7 +91,8 @@ class StopAtTarget:
         self.target = target
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if count_finished(study) + count_running(study) >= self.target:
+        # One read of the trials, not two: this runs after every trial, between counting and the next start.
+        if len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) >= self.target:
             study.stop()
 
 
