@@ -114,8 +114,20 @@ def prefill_flops(cfg: VLMConfig, prompt_tokens: int) -> int:
 
 def decode_flops(cfg: VLMConfig, prompt_tokens: int, answer_tokens: int) -> int:
     """KV-cached decode: the step producing answer token i+1 feeds token i against prompt+i+1 keys."""
+    return decode_steps_flops(cfg, prompt_tokens, max(answer_tokens - 1, 0))
+
+
+def decode_steps_flops(cfg: VLMConfig, prompt_tokens: int, steps: int, warmup_steps: int = 0) -> int:
+    """`steps` KV-cached decode steps after a prompt, with `warmup_steps` earlier steps' tokens in the cache.
+
+    Decode step s (0-based; the first answer token comes from the prefill) feeds one token against
+    prompt_tokens + s + 1 keys, so the counted steps are s = warmup_steps .. warmup_steps + steps - 1: each
+    costs the same projections, MLP and LM head, and attention grows by 2·context·d per block.
+    """
+    if steps < 0 or warmup_steps < 0:
+        raise ValueError(f"steps and warmup_steps must be >= 0, got {steps} and {warmup_steps}")
     total = 0
-    for step in range(max(answer_tokens - 1, 0)):
+    for step in range(warmup_steps, warmup_steps + steps):
         context = prompt_tokens + step + 1
         total += (
             cfg.lm_n_blocks * _decoder_layer_macs(cfg, 1, context) + cfg.lm_hidden_dim * cfg.lm_vocab_size
@@ -220,11 +232,21 @@ def fvcore_flops(
             lambda e: model.decoder(inputs_embeds=e, use_cache=False, logits_to_keep=1).logits,
             (embeds,),
         )
-        decode = 0
-        for step in range(max(answer_tokens - 1, 0)):
-            context = prompt_tokens + step + 1
-            decode += _fvcore_count(model, _decode_step(model, context), (embeds[:, :1],))
+    decode = fvcore_decode_steps_flops(model, prompt_tokens, max(answer_tokens - 1, 0))
     return FlopBreakdown(vision, connector, n_views, prompt_tokens, answer_tokens, prefill, decode)
+
+
+def fvcore_decode_steps_flops(
+    model: VisionLanguageModel, prompt_tokens: int, steps: int, warmup_steps: int = 0
+) -> int:
+    """fvcore's count of what `decode_steps_flops` counts by hand: each step traced over a filled KV cache."""
+    param = next(model.parameters())
+    embed = torch.zeros(1, 1, model.cfg.lm_hidden_dim, device=param.device, dtype=param.dtype)
+    total = 0
+    with torch.no_grad():
+        for step in range(warmup_steps, warmup_steps + steps):
+            total += _fvcore_count(model, _decode_step(model, prompt_tokens + step + 1), (embed,))
+    return total
 
 
 def _decode_step(model: VisionLanguageModel, context: int):
@@ -302,6 +324,34 @@ def count_question(
     return result
 
 
+def count_decode_steps(
+    teacher_cfg: VLMConfig,
+    compression: CompressionConfig,
+    prompt_tokens: int,
+    steps: int,
+    warmup_steps: int,
+    with_fvcore: bool = True,
+) -> dict[str, Any]:
+    """FLOPs of `steps` decode steps after a `prompt_tokens` prompt, with no and with `warmup_steps` generated
+    tokens already in the KV cache, for the student `compression` makes of `teacher_cfg`."""
+    if steps < 1 or warmup_steps < 0:
+        raise ValueError(f"need --decode-steps >= 1 and --warmup-steps >= 0, got {steps} and {warmup_steps}")
+    plan = plan_student(teacher_cfg, compression)
+    counts = {"without_warmup": 0, "with_warmup": warmup_steps}
+    result: dict[str, Any] = {
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "prompt_tokens": prompt_tokens,
+        "analytic": {k: decode_steps_flops(plan.cfg, prompt_tokens, steps, w) for k, w in counts.items()},
+    }
+    if with_fvcore:
+        model = build_on_meta(plan)
+        result["fvcore"] = {
+            k: fvcore_decode_steps_flops(model, prompt_tokens, steps, w) for k, w in counts.items()
+        }
+    return result
+
+
 def load_config(source: str) -> VLMConfig:
     """A config.json path, a checkpoint folder, a hub id (config only), or `default` (nanoVLM's 460M)."""
     if source == "default":
@@ -332,6 +382,16 @@ def _parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FLOPs per question of nanoVLM or a compressed student.")
     parser.add_argument(
@@ -350,6 +410,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--answer-tokens", type=int, default=1, help="answer length (1 = MCQ letter)")
     parser.add_argument("--compression", default=None, help="CompressionConfig as JSON text or a JSON file")
     parser.add_argument("--no-fvcore", action="store_true", help="analytic count only")
+    parser.add_argument(
+        "--decode-steps",
+        type=_non_negative,
+        default=0,
+        help="also count N KV-cached generation steps after the prompt, with and without --warmup-steps "
+        "earlier generated tokens in the cache (the lab: --decode-steps 3 --warmup-steps 5)",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=_non_negative,
+        default=0,
+        help="generated tokens already in the KV cache (see above)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -368,6 +441,15 @@ def main(argv: list[str] | None = None) -> None:
         cfg, compression, args.image_size, text_tokens, args.answer_tokens, not args.no_fvcore
     )
     result["compression"] = compression.to_dict()
+    if args.decode_steps:
+        result["decode_steps"] = count_decode_steps(
+            cfg,
+            compression,
+            result["prompt_tokens"],
+            args.decode_steps,
+            args.warmup_steps,
+            not args.no_fvcore,
+        )
     print(json.dumps(result, indent=2))
 
 
