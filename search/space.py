@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 import optuna
 
-from search.study_config import SpaceSettings
-from vlm.config import CompressionConfig
+from search.study_config import SpaceSettings, StudyConfigError
+from vlm.config import CompressionConfig, VLMConfig
+from vlm.processing import MAX_CROP_GRID
 
 PARAMS = ("token_grid", "view_size", "max_grid_side", "n_drop_decoder", "n_drop_encoder", "resampler_width")
+# Sampled only when [space] reducers lists more than "none"; keep_fraction / merge_r only for their reducer.
+REDUCER_PARAMS = ("token_reducer", "keep_fraction", "merge_r")
 
 
 def suggest_compression(
@@ -41,4 +44,46 @@ def suggest_compression(
         drop_decoder_layers=tuple(decoder_drop_order[:n_drop_decoder]),
         drop_encoder_layers=tuple(encoder_drop_order[:n_drop_encoder]),
         resampler_width=resampler_width or None,
+        **_suggest_reducer(trial, space, token_grid),
     )
+
+
+def _suggest_reducer(trial: optuna.trial.BaseTrial, space: SpaceSettings, token_grid: int) -> dict:
+    """CompressionConfig fields of the token reducer; no suggestion at all when the space has none."""
+    if tuple(space.reducers) == ("none",):
+        return {}
+    reducer = trial.suggest_categorical("token_reducer", list(space.reducers))
+    if reducer in ("norm_drop", "score_prune"):
+        fraction = trial.suggest_categorical("keep_fraction", list(space.keep_fractions))
+        keep = max(1, int(fraction * token_grid * token_grid + 0.5))  # of the k*k tokens after pooling
+        if reducer == "norm_drop":
+            return {"keep_tokens_by_norm": keep}
+        return {"keep_tokens_by_score": keep, "scorer_width": space.scorer_width}
+    if reducer == "merge":
+        return {"merge_per_block": trial.suggest_int("merge_r", *space.merge_r)}
+    return {}
+
+
+def check_space(space: SpaceSettings, teacher_cfg: VLMConfig, where: str = "study config") -> None:
+    """Reject bounds the teacher cannot meet before any trial runs (they would only fail trial after trial).
+
+    Raises `StudyConfigError` naming the [space] key, the bad value and the teacher's limit.
+    """
+    native = teacher_cfg.native_token_grid
+    patch = teacher_cfg.vit_patch_size
+    if space.token_grid[1] > native:
+        raise StudyConfigError(
+            f"{where} [space] token_grid = {list(space.token_grid)}: the teacher's views have {native}x{native} "
+            f"tokens, so the upper bound must be at most {native}"
+        )
+    bad_views = [v for v in space.view_sizes if v < patch or v % patch]
+    if bad_views:
+        raise StudyConfigError(
+            f"{where} [space] view_sizes = {list(space.view_sizes)}: {bad_views} not a multiple of the teacher's "
+            f"patch size {patch} (e.g. {sorted({max(patch, patch * round(v / patch)) for v in bad_views})})"
+        )
+    if space.max_grid_side[1] > MAX_CROP_GRID:
+        raise StudyConfigError(
+            f"{where} [space] max_grid_side = {list(space.max_grid_side)}: nanoVLM has crop tags up to "
+            f"{MAX_CROP_GRID}x{MAX_CROP_GRID}, so the upper bound must be at most {MAX_CROP_GRID}"
+        )

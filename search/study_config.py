@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm.cli import UsageError
 from vlm.paths import studies_dir
 
 DEMO = "demo"  # the source/teacher value that means "the offline demo world"
+TOKEN_REDUCERS = ("none", "norm_drop", "score_prune", "merge")  # choices of [space] reducers
+
+
+class StudyConfigError(UsageError, ValueError):
+    """A study config that cannot be used: the message names the file, the [section] and the key."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,26 @@ class SpaceSettings:
     max_drop_decoder: int = 16
     max_drop_encoder: int = 6
     resampler_widths: tuple[int, ...] = (0, 256, 512, 768)  # 0 = keep pixel shuffle + projector
+    # Token reducers (`vlm.reducers`), chosen by the categorical `token_reducer`: "none", "norm_drop" and
+    # "score_prune" (keep a fraction of each view's tokens), "merge" (ToMe, r tokens per encoder block).
+    # Only ("none",) (the default) samples none of their parameters: older studies replay unchanged.
+    reducers: tuple[str, ...] = ("none",)
+    keep_fractions: tuple[float, ...] = (0.25, 0.375, 0.5, 0.625, 0.75)  # of the tokens after pooling
+    merge_r: tuple[int, int] = (1, 16)  # tokens merged per encoder block
+    scorer_width: int = 64  # hidden width of the score-pruning scorer
 
     def __post_init__(self) -> None:
+        unknown = [r for r in self.reducers if r not in TOKEN_REDUCERS]
+        if unknown or "none" not in self.reducers:
+            raise ValueError(
+                f"reducers {list(self.reducers)} must include 'none' and name only {list(TOKEN_REDUCERS)}"
+            )
+        if not self.keep_fractions or not all(0 < f <= 1 for f in self.keep_fractions):
+            raise ValueError(f"keep_fractions {list(self.keep_fractions)} must be fractions in (0, 1]")
+        if self.merge_r[0] < 1 or self.merge_r[0] > self.merge_r[1]:
+            raise ValueError(f"merge_r bounds {self.merge_r} must be 1 <= low <= high (tokens per block)")
+        if self.scorer_width < 1:
+            raise ValueError(f"scorer_width must be >= 1, got {self.scorer_width}")
         if self.token_grid[0] < 1 or self.token_grid[0] > self.token_grid[1]:
             raise ValueError(f"token_grid bounds {self.token_grid} must be 1 <= low <= high")
         if self.max_grid_side[0] < 1 or self.max_grid_side[0] > self.max_grid_side[1]:
@@ -132,22 +158,69 @@ _SECTIONS = {
 }
 
 
+def _type_error(value: Any, hint: Any) -> str | None:
+    """Why `value` (as TOML gave it) does not fit the annotation `hint`, or None when it does."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        reasons = [_type_error(value, h) for h in typing.get_args(hint)]
+        return None if None in reasons else " or ".join(r for r in reasons if r)
+    if hint is type(None):
+        return None if value is None else "nothing (leave the key out)"
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            return "a list"
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not value:
+                return "a list of at least one value"
+        elif len(value) != len(args):
+            return f"a list of {len(args)} values"
+        bad = [v for v in value if _type_error(v, item)]
+        return f"a list of {item.__name__}s" if bad else None
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a quoted string"
+    return None
+
+
 def _build(cls, values: dict[str, Any], where: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        raise StudyConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        # Checked here, at load time: a wrong type used to surface only when the value was first used
+        # (`subset_size = "many"` after the teacher had loaded).
+        expected = _type_error(value, hints[key])
+        if expected:
+            raise StudyConfigError(f"{where} {key} = {value!r}: must be {expected}")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**converted)
+    try:
+        return cls(**converted)
+    except ValueError as err:
+        raise StudyConfigError(f"{where}: {err}") from err
 
 
 def study_config_from_dict(data: dict[str, Any], where: str = "study config") -> StudyConfig:
     data = dict(data)
     unknown = sorted(set(data) - set(_SECTIONS) - {"name"})
     if unknown:
-        raise ValueError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)} and 'name'")
+        raise StudyConfigError(
+            f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)} and 'name'"
+        )
     if "name" not in data:
-        raise ValueError(f"{where}: missing 'name'")
+        raise StudyConfigError(f"{where}: missing 'name'")
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise StudyConfigError(f"{where}: name = {data['name']!r} must be a non-empty quoted string")
+    for key in _SECTIONS:
+        if not isinstance(data.get(key, {}), dict):
+            raise StudyConfigError(f"{where}: {key} must be a [{key}] section, got {data[key]!r}")
     sections = {key: _build(cls, data.get(key, {}), f"{where} [{key}]") for key, cls in _SECTIONS.items()}
     return StudyConfig(name=data["name"], **sections)
 
@@ -165,5 +238,9 @@ def load_study_config(name_or_path: str) -> StudyConfig:
     if not path.is_file():
         available = sorted(p.stem for p in studies_dir().glob("*.toml"))
         raise FileNotFoundError(f"no study config {path}; available studies: {available}")
-    with path.open("rb") as handle:
-        return study_config_from_dict(tomllib.load(handle), str(path))
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as err:
+        raise StudyConfigError(f"{path}: not valid TOML ({err}); fix the line it names") from err
+    return study_config_from_dict(data, str(path))

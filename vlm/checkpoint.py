@@ -11,18 +11,22 @@ that produced it; resampler weights live under `resampler.*`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vlm.cli import UsageError
 from vlm.config import CompressionConfig, VLMConfig
 from vlm.model import ConnectorConfig, PerceiverResampler, VisionLanguageModel
 
@@ -37,8 +41,78 @@ EMBED_KEY = "decoder.token_embedding.weight"
 INV_FREQ_KEY = "decoder.rotary_embd.inv_freq"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the architecture its config describes."""
+class CheckpointError(UsageError, ValueError):
+    """A checkpoint that does not match the architecture its config describes, or a broken file."""
+
+
+class DiskFullError(UsageError, OSError):
+    """Not enough free space where a model or checkpoint is written: the message says where and how much."""
+
+
+_MB = 1 << 20
+
+
+def _free_bytes(folder: Path) -> int:
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def require_free_space(folder: str | Path, needed: int, what: str) -> None:
+    """Fail before writing `needed` bytes of `what` under `folder` when the disk cannot hold them."""
+    free = _free_bytes(Path(folder))
+    if free < needed + 16 * _MB:  # a margin for config, tokenizer and file-system overhead
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"not enough disk space for {what} in {folder}: about {needed / _MB:.0f} MB needed, "
+            f"{free / _MB:.0f} MB free; free some space there (or set VLMC_HOME to a larger disk) and run again",
+        )
+
+
+@contextlib.contextmanager
+def disk_full_as_error(folder: str | Path, what: str) -> Iterator[None]:
+    """Turn the writers' errors on a full disk (OSError ENOSPC, or torch's `unexpected pos N vs M` and
+    safetensors' I/O errors, which do not say why) into one `DiskFullError` naming the folder."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError, SafetensorError) as err:
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "space" in str(err).lower()
+        if not full and _free_bytes(Path(folder)) >= _MB:
+            raise
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"the disk is full: writing {what} in {folder} failed ({type(err).__name__}: {err}); "
+            "free some space there and run again",
+        ) from err
+
+
+def make_readable(folder: Path) -> None:
+    """Give a written folder the modes a plain `mkdir`/`open` would (umask applied: 0755 / 0644 by default).
+
+    `tempfile.mkdtemp` creates 0700, so without this other accounts could not read a finalized model.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `model.safetensors`; a truncated or corrupt file fails naming itself."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"cannot read {path}: {err} (size {path.stat().st_size} bytes; truncated or corrupt?); "
+            "copy or download the checkpoint again"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -244,7 +318,7 @@ def load_pretrained(
     connector = ConnectorConfig(**extras.get("connector", {}))
     token_id = image_token_id if image_token_id is not None else _image_token_id_for(folder, cfg, extras)
     model = VisionLanguageModel(cfg, token_id, connector, attn_implementation=attn_implementation)
-    state = nanovlm_state_to_ours(load_file(str(folder / WEIGHTS_FILE)), model)
+    state = nanovlm_state_to_ours(read_weights(folder / WEIGHTS_FILE), model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Only the tied head may be absent (it shares the embedding's storage).
     real_missing = [k for k in missing if not (cfg.lm_tie_weights and k == "decoder.lm_head.weight")]
@@ -278,36 +352,19 @@ def save_pretrained(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    state = ours_to_nanovlm_state(model)
+    if weights_dtype is not None:
+        state = {
+            k: v.to(weights_dtype) if v.is_floating_point() and k != INV_FREQ_KEY else v
+            for k, v in state.items()
+        }
+    weight_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    require_free_space(out_dir.parent, weight_bytes, f"the model {out_dir.name}/")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
-        state = ours_to_nanovlm_state(model)
-        if weights_dtype is not None:
-            state = {
-                k: v.to(weights_dtype) if v.is_floating_point() and k != INV_FREQ_KEY else v
-                for k, v in state.items()
-            }
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        info = dict(extras or {})
-        compression = getattr(model, "compression", None)  # set by vlm.compression.compress
-        if compression is not None and not compression.is_identity:
-            info.setdefault("compression", compression.to_dict())
-        connector = model.connector_config
-        # Without the file a loader falls back to nanoVLM's image token id, so write it whenever that is wrong.
-        if (
-            connector != ConnectorConfig()
-            or info
-            or model.image_token_id != default_image_token_id(model.cfg)
-        ):
-            info["connector"] = {
-                "token_grid": connector.token_grid,
-                "resampler_width": connector.resampler_width,
-                "resampler_heads": connector.resampler_heads,
-            }
-            info["image_token_id"] = model.image_token_id
-            (tmp / EXTRAS_FILE).write_text(json.dumps(info, indent=2))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        with disk_full_as_error(out_dir.parent, f"the model {out_dir.name}/"):
+            _write_model(model, tmp, state, tokenizer, extras)
+        make_readable(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -320,3 +377,25 @@ def save_pretrained(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_model(model: VisionLanguageModel, tmp: Path, state: dict, tokenizer, extras: dict | None) -> None:
+    """The files of a saved model, written into the fresh folder `tmp`."""
+    (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    info = dict(extras or {})
+    compression = getattr(model, "compression", None)  # set by vlm.compression.compress
+    if compression is not None and not compression.is_identity:
+        info.setdefault("compression", compression.to_dict())
+    connector = model.connector_config
+    # Without the file a loader falls back to nanoVLM's image token id, so write it whenever that is wrong.
+    if connector != ConnectorConfig() or info or model.image_token_id != default_image_token_id(model.cfg):
+        info["connector"] = {
+            "token_grid": connector.token_grid,
+            "resampler_width": connector.resampler_width,
+            "resampler_heads": connector.resampler_heads,
+        }
+        info["image_token_id"] = model.image_token_id
+        (tmp / EXTRAS_FILE).write_text(json.dumps(info, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))

@@ -25,6 +25,7 @@ from typing import Any
 import datasets
 from PIL import Image
 
+from vlm.cli import UsageError
 from vlm.processing import CHOICE_LETTERS
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,33 @@ OPTIONAL_COLUMNS = ("difficult_direct_answer", "rationales")
 ON_ERROR = ("raise", "skip")
 
 
-class VQADataError(ValueError):
+class VQADataError(UsageError, ValueError):
     """A dataset or one of its rows does not follow A-OKVQA's schema."""
+
+
+def _empty(source: str, split: str) -> VQADataError:
+    return VQADataError(
+        f"split {split!r} of {source!r} holds no rows; check that the export finished, or pick another split"
+    )
+
+
+def _read_local(source: str, split: str, read):
+    """`read()`, with datasets' errors for a split without rows turned into one clear error.
+
+    An empty `save_to_disk` folder fails inside datasets with `IndexError: list index out of range`, an
+    empty parquet file with `Instruction "<split>" corresponds to no data!`.
+    """
+    try:
+        ds = read()
+    except IndexError as err:
+        raise _empty(source, split) from err
+    except ValueError as err:
+        if "corresponds to no data" in str(err):
+            raise _empty(source, split) from err
+        raise
+    if isinstance(ds, datasets.Dataset) and len(ds) == 0:
+        raise _empty(source, split)
+    return ds
 
 
 @dataclass(frozen=True)
@@ -126,18 +152,20 @@ def _load_local(source: str, split: str) -> datasets.Dataset:
         files = sorted(glob.glob(str(path)))
         if not files:
             raise FileNotFoundError(f"no files match {source!r}")
-        return datasets.load_dataset("parquet", data_files={split: files}, split=split)
+        return _read_local(
+            source, split, lambda: datasets.load_dataset("parquet", data_files={split: files}, split=split)
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"dataset source {source!r} does not exist")
     if (path / "dataset_dict.json").exists():
-        dataset_dict = datasets.load_from_disk(str(path))
+        dataset_dict = _read_local(source, split, lambda: datasets.load_from_disk(str(path)))
         if split not in dataset_dict:
             raise VQADataError(f"split {split!r} not in {source!r}; available splits: {sorted(dataset_dict)}")
-        return dataset_dict[split]
+        return _read_local(source, split, lambda: dataset_dict[split])
     if (path / "state.json").exists():
         # A single saved Dataset carries no split name we can check: trust the caller.
         logger.info("%s holds a single dataset; reading it as split %r", source, split)
-        return datasets.load_from_disk(str(path))
+        return _read_local(source, split, lambda: datasets.load_from_disk(str(path)))
     splits = _parquet_splits(path)
     if not splits:
         raise VQADataError(
@@ -145,7 +173,11 @@ def _load_local(source: str, split: str) -> datasets.Dataset:
         )
     if split not in splits:
         raise VQADataError(f"split {split!r} not in {source!r}; available splits: {sorted(splits)}")
-    return datasets.load_dataset("parquet", data_files={split: splits[split]}, split=split)
+    return _read_local(
+        source,
+        split,
+        lambda: datasets.load_dataset("parquet", data_files={split: splits[split]}, split=split),
+    )
 
 
 def _load_hub(source: str, split: str) -> datasets.Dataset:
@@ -347,4 +379,10 @@ def load_examples(config: DataConfig) -> tuple[list[VQAExample], int]:
     ds = load_vqa_split(config)
     stats = ReadStats()
     examples = list(iter_examples(ds, config.split, config.on_error, stats))
+    if not examples:
+        # Scoring zero questions would report accuracy 0.0 on n = 0 as if it were a result.
+        raise VQADataError(
+            f"no usable rows in split {config.split!r} of {config.source!r}: all {stats.n_skipped} were bad; "
+            f"first: {stats.errors[0] if stats.errors else 'none'}"
+        )
     return examples, stats.n_skipped
