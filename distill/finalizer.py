@@ -1,4 +1,4 @@
-"""`python -m distill.finalize [--study NAME] --trial N|best [--storage URL]`
+"""Finalize one trial (the library behind `python -m distill.finalize`).
 
 Distill trial N's student from the teacher, evaluate it on the whole validation split (MCQ with interval,
 direct answer), count its FLOPs per question, write test-split predictions in A-OKVQA's leaderboard format,
@@ -8,28 +8,24 @@ save the model (nanoVLM layout + its CompressionConfig) atomically, and record e
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 
 import optuna
 from optuna.trial import TrialState
 
-from distill.promote import record_promotion
+from distill.promote import promoted_trials, record_promotion
 from distill.train import (
-    DistillationDiverged,
     build_student,
     merge_lora,
     teacher_cache_path,
     teacher_letter_logits_cached,
     train_student,
 )
-from search.storage import load_existing_study
-from search.study_config import StudyConfig, load_study_config
+from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator
-from search.world import WorldUnavailable, load_split, load_teacher, teacher_path
+from search.world import load_split, load_teacher, teacher_path
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
@@ -41,7 +37,7 @@ from vlm.evaluate import (
     write_json_atomic,
 )
 
-logger = logging.getLogger("distill.finalize")
+logger = logging.getLogger(__name__)
 
 FINALIZED_PREFIX = "finalized:"
 
@@ -50,12 +46,17 @@ class FinalizeError(RuntimeError):
     """Bad input to finalize: a clear message, and the study left as it was."""
 
 
-def resolve_trial(study: optuna.Study, config: StudyConfig, which: str) -> optuna.trial.FrozenTrial:
+def resolve_trial(
+    study: optuna.Study, config: StudyConfig, which: str, allow_unpromoted: bool = False
+) -> optuna.trial.FrozenTrial:
+    """The trial `which` names ('best' or a number), refused unless promotion picked it (or the override)."""
     trials = study.get_trials(deepcopy=False)
+    promoted = study.user_attrs.get("promoted")
+    if promoted is None:  # `promote` has not run: apply its rule (and record it only when it picks the trial)
+        rule = record_promotion if which == "best" else promoted_trials
+        promoted = rule(study, config.search.constraint_ratio, config.search.promotion_margin)
+    promoted_numbers = [row["trial"] for row in promoted]
     if which == "best":
-        promoted = study.user_attrs.get("promoted") or record_promotion(
-            study, config.search.constraint_ratio, config.search.promotion_margin
-        )
         if not promoted:
             raise FinalizeError(
                 f"study {study.study_name!r} has no promoted trials yet; run more search trials"
@@ -74,11 +75,22 @@ def resolve_trial(study: optuna.Study, config: StudyConfig, which: str) -> optun
     if trial.state != TrialState.COMPLETE:
         reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("invalid_reason") or "no result"
         raise FinalizeError(
-            f"trial {number} is {trial.state.name}, not COMPLETE ({reason}); pick a finished trial"
+            f"trial {number} is {trial.state.name}, not COMPLETE ({reason}); pick a promoted trial: "
+            f"{_listing(promoted_numbers)}"
         )
     if "config" not in trial.user_attrs:
         raise FinalizeError(f"trial {number} has no recorded config")
+    if number not in promoted_numbers and not allow_unpromoted:
+        raise FinalizeError(
+            f"trial {number} was not promoted (not on the constrained Pareto front, nor a near-threshold "
+            f"saving): pick one of {_listing(promoted_numbers)} (see `python -m distill.promote --study "
+            f"{config.name}`), or pass --allow-unpromoted to distill it anyway"
+        )
     return trial
+
+
+def _listing(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in sorted(numbers)) if numbers else "none promoted yet"
 
 
 def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
@@ -130,7 +142,7 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
     da = evaluate_direct_answer(student, tokenizer, val, eval_config)
     posthoc = (
         evaluate_mcq(compress(teacher, compression), tokenizer, val, eval_config)
-        if compression.resampler_width is None
+        if not compression.has_fresh_weights  # an untrained resampler or token scorer says nothing
         else None
     )
     evaluator = SubsetEvaluator(tokenizer, val, eval_config)
@@ -173,41 +185,3 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
     study.set_user_attr(f"{FINALIZED_PREFIX}{trial.number}", record)
     write_json_atomic(run_dir / "result.json", record)
     return record
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Distill, evaluate and save one promoted trial.")
-    parser.add_argument("--study", default="aokvqa")
-    parser.add_argument(
-        "--trial", required=True, help="trial number, or 'best' (the promoted trial with fewest FLOPs)"
-    )
-    parser.add_argument("--storage", default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
-    config = load_study_config(args.study)
-    study = load_existing_study(config.name, args.storage or config.default_storage)
-    try:
-        trial = resolve_trial(study, config, args.trial)
-        record = finalize(config, study, trial)
-    except (FinalizeError, DistillationDiverged, WorldUnavailable) as err:
-        logger.error("%s", err)
-        return 2
-    logger.info(
-        "trial %d distilled: MCQ %.3f [%.3f, %.3f] (post-hoc %.3f on the search subset), DA %.3f, %.4g GFLOPs "
-        "(%.1f%% fewer than the teacher); model %s",
-        record["trial"],
-        record["mcq_accuracy"],
-        record["ci_low"],
-        record["ci_high"],
-        record["posthoc_subset_accuracy"],
-        record["da_accuracy"],
-        record["gflops"],
-        record["reduction_pct"],
-        record["model_dir"],
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

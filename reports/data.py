@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from distill.finalize import FINALIZED_PREFIX
+from distill.finalizer import FINALIZED_PREFIX
 from distill.promote import first_of_each_config, pareto_front
 from search.space import PARAMS
 from search.study import REFERENCE_ATTR

@@ -55,11 +55,8 @@ def make_parser(module: str, description: str, epilog: str | None = None) -> arg
 
 
 def setup_logging(verbose: bool, fmt: str = LOG_FORMAT) -> None:
-    """Configure the root logger once (a second call from the same process replaces the handler, so no
-    line is printed twice) and silence warnings a user cannot act on (library deprecations)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    """Configure the root logger (a no-op when it already has a handler, so no line is printed twice and a
+    caller's own logging, pytest's included, is kept) and silence warnings a user cannot act on."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt)
     if not verbose:
         # Deprecation notices from torch/transformers internals (e.g. "`torch.utils.checkpoint` ...") are

@@ -14,9 +14,11 @@ import time
 
 import pytest
 
-from distill.finalize import FINALIZED_PREFIX, main
+from distill.finalize import main
+from distill.finalizer import FINALIZED_PREFIX
+from distill.promote import promoted_trials
 from distill.train import STATE_FILE
-from search.study_config import DataSettings
+from search.study_config import DataSettings, load_study_config
 from search.world import load_split
 from tests.distill.conftest import STUDY, study_toml
 from vlm.checkpoint import CONFIG_FILE, EXTRAS_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_pretrained
@@ -118,8 +120,20 @@ def test_finalize_best_records_saves_and_is_idempotent(searched, world, caplog):
     assert (model_dir / WEIGHTS_FILE).stat().st_mtime_ns == weights_mtime
 
 
-@pytest.mark.parametrize("which", ["missing", "pruned", "failed", "not-a-number"])
-def test_bad_trial_exits_2_and_leaves_the_study_alone(which, searched, caplog):
+def _unpromoted_complete(study, toml) -> int:
+    search = load_study_config(toml).search
+    promoted = {
+        row["trial"] for row in promoted_trials(study, search.constraint_ratio, search.promotion_margin)
+    }
+    return next(
+        t.number
+        for t in study.trials
+        if t.state.name == "COMPLETE" and t.number not in promoted and t.user_attrs.get("config")
+    )
+
+
+@pytest.mark.parametrize("which", ["missing", "pruned", "failed", "not-a-number", "unpromoted"])
+def test_bad_trial_exits_2_and_leaves_the_study_alone(which, searched, capsys):
     study = searched.load()
     last = max(t.number for t in study.trials)
     trial, message = {
@@ -130,13 +144,16 @@ def test_bad_trial_exits_2_and_leaves_the_study_alone(which, searched, caplog):
             f"trial {searched.failed} is FAIL, not COMPLETE (RuntimeError: out of",
         ),
         "not-a-number": ("abc", "--trial must be a trial number or 'best', got 'abc'"),
+        "unpromoted": (str(_unpromoted_complete(study, searched.toml)), "was not promoted"),
     }[which]
     before = _snapshot(study)
 
     assert main(searched.args(trial)) == 2
 
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "distill.finalize"]
-    assert len(errors) == 1 and message in errors[0].getMessage(), caplog.text
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("distill.finalize: error: ") and message in errors[0]
+    if which == "unpromoted":
+        assert "--allow-unpromoted" in errors[0]
     assert _snapshot(searched.load()) == before
     assert not (searched.root / "studies" / STUDY / "finalize").exists()
 

@@ -1,0 +1,93 @@
+"""`python -m distill.finalize --study NAME --trial N|best [--storage URL]`
+
+Distill a promoted trial's student from the full teacher, evaluate it on the whole validation split, save
+it, write test predictions, and record the result in the study (`distill.finalizer` does the work).
+Under `accelerate launch` it runs on every process accelerate starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vlm.cli import UsageError, make_parser, run
+
+logger = logging.getLogger("distill.finalize")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "distill.finalize",
+        "Distill one promoted trial from the teacher, evaluate it on the full validation split, save the model "
+        "and test predictions, and record the result in the study.",
+    )
+    parser.add_argument(
+        "--study", required=True, help="study name (studies/<name>.toml) or a .toml path, e.g. demo"
+    )
+    parser.add_argument(
+        "--trial",
+        required=True,
+        help="a promoted trial's number (see `python -m distill.promote`), or 'best': the promoted trial "
+        "with the fewest FLOPs",
+    )
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
+    )
+    parser.add_argument(
+        "--allow-unpromoted",
+        action="store_true",
+        help="also finalize a completed trial that promotion did not pick (by default it is refused)",
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from distill.finalizer import FinalizeError, finalize, resolve_trial
+    from distill.train import DistillationDiverged
+    from search.storage import load_existing_study
+    from search.study_config import load_study_config
+    from search.world import WorldUnavailable
+
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
+    config = load_study_config(args.study)
+    study = load_existing_study(config.name, args.storage or config.default_storage)
+    try:
+        trial = resolve_trial(study, config, args.trial, allow_unpromoted=args.allow_unpromoted)
+        record = finalize(config, study, trial)
+    except (FinalizeError, DistillationDiverged, WorldUnavailable) as err:
+        raise UsageError(str(err)) from err
+    threshold = config.search.constraint_ratio * study.user_attrs["baseline"]["accuracy"]
+    logger.info(
+        "trial %d distilled: MCQ %.3f [%.3f, %.3f] on %d validation questions (post hoc %.3f on the search "
+        "subset), DA %.3f, %.4g GFLOPs per question (%.1f%% fewer than the teacher)",
+        record["trial"],
+        record["mcq_accuracy"],
+        record["ci_low"],
+        record["ci_high"],
+        record["n"],
+        record["posthoc_subset_accuracy"],
+        record["da_accuracy"],
+        record["gflops"],
+        record["reduction_pct"],
+    )
+    logger.info(
+        "%s %.2f·X: accuracy %.3f %s the line %.3f (X = %.3f)",
+        "keeps" if record["keeps_constraint"] else "does NOT keep",
+        config.search.constraint_ratio,
+        record["mcq_accuracy"],
+        ">=" if record["keeps_constraint"] else "<",
+        threshold,
+        study.user_attrs["baseline"]["accuracy"],
+    )
+    logger.info("model: %s", record["model_dir"])
+    logger.info("next: python -m reports.build --study %s", config.name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
