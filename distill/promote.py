@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from search.storage import load_existing_study
 from search.study import is_feasible
 from search.study_config import load_study_config
+from vlm.cli import UsageError
 
 logger = logging.getLogger("distill.promote")
 
@@ -51,7 +52,7 @@ def promoted_trials(study: optuna.Study, ratio: float, margin: float) -> list[di
     """[{trial, why, gflops, accuracy}], fewest FLOPs first; one trial per distinct config."""
     baseline = study.user_attrs.get("baseline")
     if baseline is None:
-        raise SystemExit(f"study {study.study_name!r} has no baseline yet: run search.run first")
+        raise UsageError(f"study {study.study_name!r} has no baseline yet: run search.run first")
     threshold = ratio * baseline["accuracy"]
     complete = first_of_each_config(
         [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_study_config(args.study)
-    study = load_existing_study(config.name, args.storage or config.default_storage)
+    study = load_existing_study(config.name, args.storage or config.default_storage, read_only=True)
     rows = record_promotion(study, config.search.constraint_ratio, config.search.promotion_margin)
     logger.info("%d promoted trials (recorded in study %r):", len(rows), config.name)
     for row in rows:

@@ -332,7 +332,7 @@ def build_report(data: ReportData, out_dir: Path) -> list[Path]:
 
 
 def load_report_data(config: StudyConfig, storage_url: str | None) -> ReportData:
-    study = load_existing_study(config.name, storage_url or config.default_storage)
+    study = load_existing_study(config.name, storage_url or config.default_storage, read_only=True)
     data = report_data(study, config.search.constraint_ratio)
     if not data.facts.settings:  # a study from before "study_config" was recorded: the TOML is all we have
         data = data._replace(facts=data.facts._replace(settings=config.to_dict()))

@@ -15,7 +15,7 @@ import optuna
 import torch
 
 from search.importance import block_influence, drop_order
-from search.space import suggest_compression
+from search.space import check_space, suggest_compression
 from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator
 from search.warmup import teacher_letter_logits, warm_up_resampler
@@ -49,6 +49,7 @@ class SearchContext:
     def __init__(self, config: StudyConfig, study: optuna.Study):
         self.config = config
         self.teacher, self.tokenizer = load_teacher(config.model)
+        check_space(config.space, self.teacher.cfg, f"study {config.name!r}")
         data = config.data
         eval_config = EvalConfig(batch_size=config.search.batch_size, show_progress=False)
         cache_bytes = config.search.feature_cache_mb << 20
@@ -140,7 +141,7 @@ class Objective:
                 torch.manual_seed(search.seed + trial.number)
                 student = compress(ctx.teacher, compression)
             cost = ctx.subset.cost(student, plan)
-            if compression.resampler_width is not None:
+            if compression.has_fresh_weights:  # a resampler or a token scorer
                 warmup, teacher_logits = ctx.warmup_data()
                 loss = warm_up_resampler(
                     student,
