@@ -12,22 +12,12 @@ import logging
 import sys
 import time
 import warnings
+from typing import TYPE_CHECKING
 
-import optuna
-from tqdm.auto import tqdm
+from vlm.cli import UsageError, make_parser, run
 
-from search.objective import Objective, SearchContext
-from search.study import (
-    StopAtTarget,
-    best_feasible,
-    count_finished,
-    count_running,
-    enqueue_references,
-    open_study,
-    reference_trials,
-)
-from search.study_config import load_study_config
-from search.world import WorldUnavailable
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger("search.run")
 
@@ -47,28 +37,60 @@ def _describe(trial: optuna.trial.FrozenTrial | None) -> str:
 
 def _fail_stale_trials(study: optuna.Study) -> None:
     """Fail (and, via the storage's callback, re-queue) trials whose worker stopped sending heartbeats."""
+    import optuna
+
     with warnings.catch_warnings():  # "experimental" in optuna since v2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "search.run",
+        "Search for the cheapest compression of the study's teacher that keeps accuracy >= ratio·X.\n"
+        "Resumable: run it again to continue. Several workers may share one --storage.",
+    )
+    parser.add_argument(
+        "--study",
+        default="aokvqa",
+        help="study name (studies/<name>.toml) or a .toml path; 'aokvqa' needs the hub, 'demo' runs offline",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="finished trials the study should hold (default: the study's)",
+    )
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop starting new trials after this many seconds"
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Search for the cheapest nanoVLM compression keeping 0.85 X."
+    return run(_run, build_parser(), argv, log_format="%(asctime)s %(name)s %(message)s")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import optuna
+    from tqdm.auto import tqdm
+
+    from search.objective import Objective, SearchContext
+    from search.study import (
+        StopAtTarget,
+        best_feasible,
+        count_finished,
+        count_running,
+        enqueue_references,
+        open_study,
+        reference_trials,
     )
-    parser.add_argument("--study", default="aokvqa", help="study name (studies/<name>.toml) or a .toml path")
-    parser.add_argument("--trials", type=int, default=None, help="finished trials the study should hold")
-    parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default sqlite:///studies/<name>.db)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="stop starting new trials after S seconds"
-    )
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
-    )
+    from search.study_config import load_study_config
+    from search.world import WorldUnavailable
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     config = load_study_config(args.study)
@@ -77,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         context = SearchContext(config, study)
     except WorldUnavailable as err:
-        logger.error("%s", err)
-        return 2
+        raise UsageError(str(err)) from err
     base = context.baseline
     logger.info(
         "teacher X = %.3f [%.3f, %.3f] on %d questions, %.4g GFLOPs/question; feasible means accuracy >= %.3f",
