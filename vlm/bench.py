@@ -1,0 +1,716 @@
+"""Measured speed and memory of a model, beside the analytic FLOPs of the same config.
+
+`python -m vlm.bench --model MODEL [--compression JSON] [--device cpu|cuda] [--threads N] [--dtype float32]`
+
+MODEL is a checkpoint folder, a hub id, `demo` (the shipped demo teacher, with the demo's own questions),
+`default` (nanoVLM's 460M `VLMConfig()` with seeded random weights) or a `config.json` path (random
+weights). Latency does not depend on the weights, so the random-weight models answer "how fast would
+nanoVLM run here" offline.
+
+What is measured, each after `warmup` untimed passes, as the median and spread (min, max, quartiles) of
+`repeats` timed passes over the questions, inputs already on the device (image processing and
+tokenization are not timed):
+- `latency.mcq`: one multiple-choice question end to end at batch 1: every view through the ViT, the
+  connector, the decoder prefill over the whole prompt, the letter read from the last position
+  (`VisionLanguageModel.forward`, as `vlm.evaluate` scores MCQs).
+- `latency.direct_answer`: the direct-answer prompt plus `new_tokens` greedy tokens with the KV cache
+  (`VisionLanguageModel.generate_greedy`, no early stop). It runs one decode step per new token, the last
+  one's logits unused; the FLOP convention counts `new_tokens - 1` steps.
+- `throughput`: MCQ questions per second at `batch_size` (left-padded batch, as the evaluator batches).
+- `components`: the ViT over the question's views (also per view), the connector, the prefill given the
+  image embeddings, and one KV-cached decode step at the prompt's length, each with its analytic FLOPs
+  and the achieved FLOP/s.
+- `memory`: CUDA: `torch.cuda.max_memory_allocated` during one pass, and its rise over the memory
+  allocated before. CPU: the process's peak resident set (`VmHWM` of /proc/self/status) during one pass,
+  after writing 5 to /proc/self/clear_refs (which resets VmHWM to the current RSS) and trimming the
+  allocator's free memory (glibc `malloc_trim`), and its rise over the RSS before; so the peak holds the
+  weights, the Python/torch runtime and the pass's activations.
+
+Inputs: the demo's validation questions (demo teacher; 128x64 images); otherwise one synthetic A-OKVQA-like
+question on a 640x480 noise image (COCO's usual size). Prompts come from `vlm.processing` (the project's
+only prompt code) through the model's tokenizer; when none is available (a random-weight config offline:
+SmolLM2's 49k tokenizer is not shipped) a word-level tokenizer (`vlm.tokenizer.build_word_tokenizer`)
+stands in: the image-token positions are exact (views x tokens per view, tags included) and the text is
+counted in words and punctuation marks, which for English is within a few tokens of SmolLM2's BPE.
+Such a random model takes the word tokenizer's image-token id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import gc
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlm.config import CompressionConfig, VLMConfig
+from vlm.data import VQAExample
+from vlm.flops import CONVENTION, analytic_flops, count_question
+from vlm.model import ConnectorConfig, VisionLanguageModel
+from vlm.processing import Encoded, collate, da_user_text, encode_example, mcq_user_text
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("vision", "connector", "prefill", "decode_step")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COCO_SIZE = (640, 480)  # width x height of most COCO (hence A-OKVQA) images
+# A synthetic A-OKVQA-style question (the wording only sets the text length; the image is noise).
+SYNTHETIC_QUESTION = (
+    "What is the man in the picture most likely going to do next with the object in his hand?"
+)
+SYNTHETIC_CHOICES = ("throw it to the dog", "put it in the bag", "eat it", "wash it in the sink")
+DEFAULT_OUT_DIR = Path("benchmarks/results")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How much to measure. `batch_size` 0 skips the throughput run; `new_tokens` 0 skips generation."""
+
+    warmup: int = 1
+    repeats: int = 5
+    batch_size: int = 8
+    new_tokens: int = 10  # A-OKVQA direct answers are one to three words; evaluation allows 10 tokens
+    components: bool = True
+    memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
+        if self.batch_size < 0 or self.new_tokens < 0:
+            raise ValueError("batch_size and new_tokens must be >= 0 (0 skips that measurement)")
+
+
+@dataclass
+class BenchQuestion:
+    """One question's MCQ and direct-answer prompts (ids [T] and views [N, 3, S, S]) and its image size."""
+
+    mcq: Encoded
+    da: Encoded
+    image_size: tuple[int, int]
+
+
+@dataclass
+class BenchPrompts:
+    questions: list[BenchQuestion]
+    pad_id: int
+    source: str  # "tokenizer" or "word tokenizer (synthetic ids)"
+
+
+# ----- inputs -------------------------------------------------------------------------------------------------
+def encode_questions(model: VisionLanguageModel, tokenizer, examples: Sequence[VQAExample]) -> BenchPrompts:
+    """MCQ and direct-answer prompts of `examples` for `model` (its image spec), with the project's prompt code."""
+    if not examples:
+        raise ValueError("benchmarking needs at least one question")
+    spec = model.image_spec
+    questions = [
+        BenchQuestion(
+            mcq=encode_example(tokenizer, model.cfg, spec, e.image, mcq_user_text(e.question, e.choices)),
+            da=encode_example(tokenizer, model.cfg, spec, e.image, da_user_text(e.question)),
+            image_size=e.image.size,
+        )
+        for e in examples
+    ]
+    return BenchPrompts(questions, int(tokenizer.pad_token_id), "tokenizer")
+
+
+def synthetic_example(image_size: tuple[int, int] = COCO_SIZE, seed: int = 0) -> VQAExample:
+    """An A-OKVQA-like question on a seeded noise image of `image_size` (width, height)."""
+    gen = torch.Generator().manual_seed(seed)
+    width, height = image_size
+    pixels = torch.randint(0, 256, (height, width, 3), generator=gen, dtype=torch.uint8)
+    return VQAExample(
+        question_id=f"synthetic-{seed}",
+        image=Image.fromarray(pixels.numpy(), "RGB"),
+        question=SYNTHETIC_QUESTION,
+        choices=list(SYNTHETIC_CHOICES),
+        correct_choice_idx=0,
+        direct_answers=["throw"] * 10,
+    )
+
+
+def word_tokenizer_for(cfg: VLMConfig, examples: Sequence[VQAExample]):
+    """A word-level tokenizer (nanoVLM's special tokens, the chat roles and the examples' words) for prompts
+    whose length, not content, matters."""
+    from vlm.processing import CHOICE_LETTERS, DA_INSTRUCTION, MCQ_INSTRUCTION
+    from vlm.tokenizer import build_word_tokenizer
+
+    texts = [MCQ_INSTRUCTION, DA_INSTRUCTION, "user assistant", " ".join(CHOICE_LETTERS)]
+    texts += [t for e in examples for t in (e.question, *e.choices)]
+    words = [w for text in texts for w in re.findall(r"\w+|[^\w\s]", text)]
+    tokenizer = build_word_tokenizer(words, cfg)
+    if len(tokenizer) > cfg.lm_vocab_size:
+        raise ValueError(
+            f"the stand-in word tokenizer needs {len(tokenizer)} ids but the model's vocabulary has "
+            f"{cfg.lm_vocab_size}: pass the model's tokenizer (--tokenizer)"
+        )
+    return tokenizer
+
+
+# ----- models ------------------------------------------------------------------------------------------------
+@dataclass
+class BenchModel:
+    """What `load_bench_model` returns: the model to time, its tokenizer (None: use a word tokenizer), the
+    config FLOPs are counted from and the compression applied to it (None for a model as loaded)."""
+
+    model: VisionLanguageModel
+    tokenizer: Any
+    base_cfg: VLMConfig
+    compression: CompressionConfig | None
+    examples: list[VQAExample]
+    description: str
+
+
+def random_model(cfg: VLMConfig, image_token_id: int, seed: int = 0) -> VisionLanguageModel:
+    """`cfg` with seeded random weights, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VisionLanguageModel(cfg, image_token_id).eval()
+
+
+def load_bench_model(
+    source: str,
+    compression: CompressionConfig | None = None,
+    tokenizer_source: str | None = None,
+    seed: int = 0,
+    questions: int = 1,
+) -> BenchModel:
+    """Resolve MODEL (see the module docstring) into a model on the CPU, its tokenizer and its questions."""
+    from vlm.checkpoint import TOKENIZER_DIR, load_pretrained
+    from vlm.compression import compress
+    from vlm.tokenizer import load_tokenizer, special_token_ids
+
+    path = Path(source)
+    if source == "demo":
+        from vlm.data import iter_examples
+        from vlm.demo.dataset import generate_split
+        from vlm.demo.teacher import SHIPPED_TEACHER
+
+        model = load_pretrained(SHIPPED_TEACHER)
+        tokenizer = load_tokenizer(str(SHIPPED_TEACHER / TOKENIZER_DIR), model.cfg)
+        # The demo's own validation questions (generated, no cache needed): their 128x64 images and words.
+        examples = list(iter_examples(generate_split(seed, "validation", questions), "validation"))
+        description = "demo teacher (shipped weights)"
+    else:
+        examples = [synthetic_example(COCO_SIZE, seed + i) for i in range(questions)]
+        if source == "default" or path.suffix == ".json":
+            cfg = VLMConfig() if source == "default" else VLMConfig.from_json(path)
+            tokenizer = load_tokenizer(tokenizer_source, cfg) if tokenizer_source else None
+            words = tokenizer or word_tokenizer_for(cfg, examples)
+            model = random_model(cfg, special_token_ids(words, cfg)["image_token"], seed)
+            description = (
+                f"{'nanoVLM default config' if source == 'default' else source}, random weights (seed {seed})"
+            )
+        else:
+            model = load_pretrained(source)
+            local = path / TOKENIZER_DIR
+            tokenizer_source = tokenizer_source or (str(local) if local.is_dir() else None)
+            if tokenizer_source is None:
+                raise FileNotFoundError(
+                    f"{source!r} has no tokenizer/ folder: pass --tokenizer FOLDER (e.g. a local copy of "
+                    f"{model.cfg.lm_tokenizer})"
+                )
+            tokenizer = load_tokenizer(tokenizer_source, model.cfg)
+            description = f"{source} (checkpoint weights)"
+    base_cfg = model.cfg
+    if compression is not None and not compression.is_identity:
+        model = compress(model, compression)
+        description += f", compressed {compression.to_dict()}"
+    else:
+        compression = None
+    return BenchModel(model, tokenizer, base_cfg, compression, examples, description)
+
+
+# ----- timing and memory ------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(samples: Sequence[float]) -> dict[str, Any]:
+    """Median and spread of timed samples (seconds)."""
+    values = sorted(samples)
+    q1, q3 = (statistics.quantiles(values, n=4)[0::2]) if len(values) > 1 else (values[0], values[0])
+    return {
+        "median_s": statistics.median(values),
+        "min_s": values[0],
+        "max_s": values[-1],
+        "q1_s": q1,
+        "q3_s": q3,
+        "n": len(values),
+        "samples_s": list(samples),
+    }
+
+
+def time_calls(
+    fns: Sequence[Callable[[], Any]], warmup: int, repeats: int, device: torch.device
+) -> list[float]:
+    """Run every fn `warmup` times untimed, then `repeats` rounds, each fn timed on its own."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns:
+                fn()
+        _sync(device)
+        samples = []
+        for _ in range(repeats):
+            for fn in fns:
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _proc_status(field: str) -> int | None:
+    """A memory field of /proc/self/status in bytes (Linux only)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _trim_allocator() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand glibc's free pages back, so RSS starts low
+    except (OSError, AttributeError):
+        pass
+
+
+CPU_MEMORY_METHOD = (
+    "peak RSS (VmHWM) during one pass after resetting it with /proc/self/clear_refs = 5 and malloc_trim; "
+    "includes weights and runtime"
+)
+CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated during one pass (allocator peak, weights included)"
+
+
+def measure_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
+    """Peak memory of one call of `fn` and its rise over the memory in use before it."""
+    with torch.inference_mode():
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            fn()
+            _sync(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            return {
+                "method": CUDA_MEMORY_METHOD,
+                "peak_bytes": peak,
+                "before_bytes": before,
+                "rise_bytes": peak - before,
+            }
+        _trim_allocator()
+        before = _proc_status("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return {"method": "unavailable (no writable /proc/self/clear_refs)", "peak_bytes": None}
+        fn()
+        peak = _proc_status("VmHWM")
+    return {
+        "method": CPU_MEMORY_METHOD,
+        "peak_bytes": peak,
+        "before_bytes": before,
+        "rise_bytes": None if peak is None or before is None else peak - before,
+    }
+
+
+# ----- FLOPs ---------------------------------------------------------------------------------------------------
+def question_flops(
+    model: VisionLanguageModel,
+    encoded: Encoded,
+    image_size: tuple[int, int],
+    answer_tokens: int,
+    base_cfg: VLMConfig | None = None,
+    compression: CompressionConfig | None = None,
+) -> dict[str, Any]:
+    """Analytic FLOPs of one question from `vlm.flops`: `count_question(base_cfg, compression)` when the
+    model was built from a teacher config (compressed or not), else the loaded model's own config."""
+    image_tokens = int((encoded.input_ids == model.image_token_id).sum())
+    prompt = int(encoded.input_ids.shape[0])
+    if base_cfg is not None and (compression is not None or model.connector_config == ConnectorConfig()):
+        counted = count_question(
+            base_cfg,
+            compression or CompressionConfig(),
+            image_size,
+            prompt - image_tokens,
+            answer_tokens,
+            False,
+        )
+        if counted["prompt_tokens"] != prompt:
+            raise ValueError(
+                f"vlm.flops counts {counted['prompt_tokens']} prompt tokens for this image, the prompt holds {prompt}"
+            )
+        return counted["analytic"]
+    views = int(encoded.images.shape[0])
+    return analytic_flops(model.cfg, model.connector_config, views, prompt, answer_tokens).to_dict()
+
+
+def _mean_breakdown(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+
+
+# ----- the benchmark -----------------------------------------------------------------------------------------
+def _to(encoded: Encoded, pad_id: int, device: torch.device, dtype: torch.dtype, copies: int = 1) -> dict:
+    batch = collate([encoded] * copies, pad_id)
+    return {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": batch["attention_mask"].to(device),
+        "images": batch["images"].to(device=device, dtype=dtype),
+    }
+
+
+def _component_fns(model: VisionLanguageModel, batch: dict) -> dict[str, Callable[[], Any]]:
+    """Closures timing each stage of one question on precomputed inputs."""
+    from transformers import DynamicCache
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    length = ids.shape[1]
+    cache = DynamicCache(config=model.decoder.config)
+    with torch.inference_mode():
+        features = model.encode_vision(batch["images"])  # [N, P, D_vit]
+        embeds = model.project(features)  # [N, k*k, D_lm]
+        out = model.decoder(
+            inputs_embeds=model.embed(ids, embeds),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        token = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
+    step_mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)  # [1, T + 1]
+    step_pos = torch.full((1, 1), length, device=ids.device)
+
+    def decode_step():
+        extra = cache.get_seq_length() - length
+        if extra:
+            cache.crop(-extra)  # back to the prompt: every timed step sees the same context
+        return model.decoder(
+            input_ids=token,
+            attention_mask=step_mask,
+            position_ids=step_pos,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+
+    return {
+        "vision": lambda: model.encode_vision(batch["images"]),
+        "connector": lambda: model.project(features),
+        "prefill": lambda: model.language_forward(ids, embeds, mask, logits_to_keep=1),
+        "decode_step": decode_step,
+    }
+
+
+def benchmark(
+    model: VisionLanguageModel,
+    prompts: BenchPrompts,
+    settings: BenchSettings = BenchSettings(),
+    base_cfg: VLMConfig | None = None,
+    compression: CompressionConfig | None = None,
+) -> dict[str, Any]:
+    """Time, measure and count `model` on `prompts`; see the module docstring for what each entry means."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    model.eval()
+    questions = prompts.questions
+    pad = prompts.pad_id
+    mcq = [_to(q.mcq, pad, device, dtype) for q in questions]
+    da = [_to(q.da, pad, device, dtype) for q in questions]
+    start = time.time()
+    load_before = _loadavg()
+
+    flops_mcq = [question_flops(model, q.mcq, q.image_size, 1, base_cfg, compression) for q in questions]
+    result: dict[str, Any] = {
+        "environment": environment(device, dtype),
+        "settings": dataclasses.asdict(settings),
+        "input": {
+            "questions": len(questions),
+            "prompt_ids": prompts.source,
+            "image_sizes": sorted({f"{w}x{h}" for w, h in (q.image_size for q in questions)}),
+            "views": statistics.mean(int(q.mcq.images.shape[0]) for q in questions),
+            "image_tokens": statistics.mean(
+                int((q.mcq.input_ids == model.image_token_id).sum()) for q in questions
+            ),
+            "mcq_prompt_tokens": statistics.mean(int(q.mcq.input_ids.shape[0]) for q in questions),
+            "da_prompt_tokens": statistics.mean(int(q.da.input_ids.shape[0]) for q in questions),
+        },
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "flops": {"convention": CONVENTION, "mcq": _mean_breakdown(flops_mcq)},
+        "latency": {},
+        "memory": {},
+    }
+
+    def mcq_fn(batch):
+        return lambda: model(batch["input_ids"], batch["images"], batch["attention_mask"], logits_to_keep=1)
+
+    samples = time_calls([mcq_fn(b) for b in mcq], settings.warmup, settings.repeats, device)
+    result["latency"]["mcq"] = summarize(samples)
+    if settings.memory:
+        result["memory"]["mcq"] = measure_memory(mcq_fn(mcq[0]), device)
+
+    if settings.new_tokens:
+
+        def da_fn(batch):
+            return lambda: model.generate_greedy(
+                batch["input_ids"],
+                batch["images"],
+                batch["attention_mask"],
+                max_new_tokens=settings.new_tokens,
+            )
+
+        samples = time_calls([da_fn(b) for b in da], settings.warmup, settings.repeats, device)
+        result["latency"]["direct_answer"] = summarize(samples)
+        result["flops"]["direct_answer"] = _mean_breakdown(
+            [
+                question_flops(model, q.da, q.image_size, settings.new_tokens, base_cfg, compression)
+                for q in questions
+            ]
+        )
+        if settings.memory:
+            result["memory"]["direct_answer"] = measure_memory(da_fn(da[0]), device)
+
+    if settings.batch_size:
+        items = [questions[i % len(questions)].mcq for i in range(settings.batch_size)]
+        batch = collate(items, pad)
+        batch = {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            "images": batch["images"].to(device=device, dtype=dtype),
+        }
+        samples = time_calls([mcq_fn(batch)], settings.warmup, settings.repeats, device)
+        stats = summarize(samples)
+        result["throughput"] = {
+            "batch_size": settings.batch_size,
+            "questions_per_s": settings.batch_size / stats["median_s"],
+            "batch": stats,
+        }
+        if settings.memory:
+            result["memory"]["throughput_batch"] = measure_memory(mcq_fn(batch), device)
+
+    if settings.components:
+        result["components"] = _time_components(
+            model, mcq, flops_mcq, questions, settings, device, base_cfg, compression
+        )
+
+    result["seconds"] = time.time() - start
+    result["environment"]["loadavg_before"] = load_before
+    result["environment"]["loadavg_after"] = _loadavg()
+    return result
+
+
+def _time_components(
+    model, mcq, flops_mcq, questions, settings, device, base_cfg, compression
+) -> dict[str, Any]:
+    """Each stage timed on its own over the questions; FLOPs of the decode step from a two-token answer."""
+    fns = [_component_fns(model, b) for b in mcq]
+    step_flops = [
+        question_flops(model, q.mcq, q.image_size, 2, base_cfg, compression)["decode"] for q in questions
+    ]
+    per_stage_flops = {
+        "vision": [f["vision"] for f in flops_mcq],
+        "connector": [f["connector"] for f in flops_mcq],
+        "prefill": [f["prefill"] for f in flops_mcq],
+        "decode_step": step_flops,
+    }
+    out = {}
+    for name in COMPONENTS:
+        stats = summarize(time_calls([f[name] for f in fns], settings.warmup, settings.repeats, device))
+        flops = statistics.mean(per_stage_flops[name])
+        entry = {
+            **stats,
+            "flops": flops,
+            "flop_per_s": flops / stats["median_s"] if stats["median_s"] else None,
+        }
+        if name == "vision":
+            views = statistics.mean(int(q.mcq.images.shape[0]) for q in questions)
+            entry["views"] = views
+            entry["median_s_per_view"] = stats["median_s"] / views
+        out[name] = entry
+    return out
+
+
+# ----- context --------------------------------------------------------------------------------------------------
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def summary_line(name: str, result: dict[str, Any]) -> str:
+    """One line: MCQ latency (median [min, max]), direct answer, throughput, peak memory, GFLOPs and FLOP/s."""
+    lat = result["latency"]["mcq"]
+    gflops = result["flops"]["mcq"]["total"] / 1e9
+    parts = [
+        f"{name}: MCQ {lat['median_s'] * 1e3:.4g} ms [{lat['min_s'] * 1e3:.4g}, {lat['max_s'] * 1e3:.4g}]",
+        f"{gflops:.4g} GFLOPs ({gflops / lat['median_s']:.4g} GFLOP/s)",
+    ]
+    if "direct_answer" in result["latency"]:
+        da = result["latency"]["direct_answer"]
+        parts.append(f"DA {result['settings']['new_tokens']} tokens {da['median_s'] * 1e3:.4g} ms")
+    if "throughput" in result:
+        tp = result["throughput"]
+        parts.append(f"{tp['questions_per_s']:.4g} q/s at batch {tp['batch_size']}")
+    peak = result["memory"].get("mcq", {}).get("peak_bytes")
+    if peak is not None:
+        parts.append(f"peak memory {peak / 2**20:.0f} MiB")
+    env = result["environment"]
+    parts.append(f"{env['device']} {env['dtype']} {env['threads']} threads")
+    return "; ".join(parts)
+
+
+# ----- CLI -------------------------------------------------------------------------------------------------------
+def default_out(model: str, compression: CompressionConfig | None) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name if Path(model).exists() else model)
+    if compression is not None:
+        stem += "-" + re.sub(r"[^A-Za-z0-9]+", "_", json.dumps(compression.to_dict(), sort_keys=True))[:60]
+    return DEFAULT_OUT_DIR / f"bench-{stem}.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vlm.cli import make_parser
+
+    parser = make_parser(
+        "vlm.bench",
+        "Measure latency, throughput and peak memory of a model beside its counted FLOPs.",
+        "examples:\n  python -m vlm.bench --model demo --questions 4\n"
+        "  python -m vlm.bench --model default --threads 2 --repeats 3 --compression '{\"max_grid_side\": 1}'",
+    )
+    parser.add_argument(
+        "--model",
+        default="demo",
+        help="checkpoint folder, hub id, 'demo', 'default' (nanoVLM's 460M config, random weights) or a "
+        "config.json (random weights)",
+    )
+    parser.add_argument("--compression", default=None, help="CompressionConfig as JSON text or a JSON file")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's tokenizer/)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument("--warmup", type=int, default=BenchSettings.warmup, help="untimed passes first")
+    parser.add_argument(
+        "--repeats", type=int, default=BenchSettings.repeats, help="timed passes (median reported)"
+    )
+    parser.add_argument("--questions", type=int, default=1, help="questions per pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=BenchSettings.batch_size, help="throughput batch (0: skip)"
+    )
+    parser.add_argument(
+        "--new-tokens", type=int, default=BenchSettings.new_tokens, help="direct-answer tokens (0: skip)"
+    )
+    parser.add_argument("--no-components", action="store_true", help="skip the per-component timings")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory passes")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights and the synthetic image"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"JSON result (default: {DEFAULT_OUT_DIR}/bench-<model>.json)"
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vlm.cli import UsageError
+
+    if args.questions < 1:
+        raise UsageError(f"--questions must be >= 1, got {args.questions}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        settings = BenchSettings(
+            args.warmup,
+            args.repeats,
+            args.batch_size,
+            args.new_tokens,
+            not args.no_components,
+            not args.no_memory,
+        )
+        compression = CompressionConfig.from_json(args.compression) if args.compression else None
+    except (ValueError, OSError) as err:
+        raise UsageError(f"{err}") from err
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but torch sees no CUDA device: use --device cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    loaded = load_bench_model(args.model, compression, args.tokenizer, args.seed, args.questions)
+    model = loaded.model.to(device=device, dtype=DTYPES[args.dtype])
+    tokenizer = loaded.tokenizer or word_tokenizer_for(loaded.base_cfg, loaded.examples)
+    prompts = encode_questions(model, tokenizer, loaded.examples)
+    if loaded.tokenizer is None:
+        prompts.source = "word tokenizer (synthetic ids; exact image-token positions)"
+    own_cfg = loaded.compression is not None or model.connector_config == ConnectorConfig()
+    result = benchmark(model, prompts, settings, loaded.base_cfg if own_cfg else None, loaded.compression)
+    result = {
+        "model": args.model,
+        "description": loaded.description,
+        "compression": loaded.compression.to_dict() if loaded.compression else None,
+        **result,
+    }
+    result["summary"] = summary_line(args.model, result)
+    out = args.out or default_out(args.model, loaded.compression)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(result["summary"])
+    logger.info("wrote %s", out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vlm.cli import run
+    from vlm.compression import CompressionError
+
+    return run(_run, build_parser(), argv, user_errors=(CompressionError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
