@@ -19,6 +19,7 @@ from distill.promote import promoted_trials, record_promotion
 from distill.train import (
     build_student,
     merge_lora,
+    remove_checkpoints,
     teacher_cache_path,
     teacher_letter_logits_cached,
     train_student,
@@ -131,6 +132,7 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
         }
         save_pretrained(student, model_dir, tokenizer=tokenizer, extras=extras)
         write_json_atomic(run_dir / "train_result.json", train_info)
+        remove_checkpoints(run_dir)  # the saved model supersedes them (gigabytes on the real model)
         student = load_pretrained(
             model_dir, device=next(teacher.parameters()).device
         )  # evaluate what was saved

@@ -10,6 +10,7 @@ gold direct answer for a share of the steps so the student keeps answering in wo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from distill.losses import DistillationLoss
 from search.study_config import DistillSettings
+from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
 from vlm.config import CompressionConfig
 from vlm.data import VQAExample
@@ -67,7 +69,8 @@ def teacher_letter_logits_cached(
 ) -> torch.Tensor:
     """[N, 4] teacher logits for the MCQ letters of `examples`, computed once and kept in `cache_file`."""
     if cache_file.is_file():
-        logits = torch.load(cache_file)
+        # weights_only: a cache file is data, never code (torch < 2.6 unpickled anything by default).
+        logits = torch.load(cache_file, weights_only=True)
         if logits.shape[0] == len(examples):
             return logits
     logits = all_letter_logits(teacher, tokenizer, examples, batch_size)
@@ -123,7 +126,58 @@ def _da_loss(student: VisionLanguageModel, items, pad_id: int, device) -> torch.
     return sequence_loss(student, collate_sequences(sequences, pad_id), device)
 
 
-def _save_state(accelerator: Accelerator, run_dir: Path, step: int, rng_state) -> None:
+def run_fingerprint(
+    student: VisionLanguageModel,
+    settings: DistillSettings,
+    teacher_logits: torch.Tensor,
+    examples: list[VQAExample],
+    seed: int,
+    da_fraction: float,
+) -> dict:
+    """What a checkpoint must match to be resumed: the distillation settings, the student's architecture,
+    the training questions, the teacher (through its logits on them) and the seeds."""
+    distill = dataclasses.asdict(settings)
+    distill.pop("checkpoint_every")  # how often to save does not change what is trained
+    logits = teacher_logits.detach().cpu().float().contiguous().numpy().tobytes()
+    compression = getattr(student, "compression", None)
+    fingerprint = {
+        "distill": distill,
+        "student_config": student.cfg.to_dict(),
+        "connector": dataclasses.asdict(student.connector_config),
+        "compression": compression.to_dict() if compression is not None else None,
+        "questions": hashlib.sha1(",".join(e.question_id for e in examples).encode()).hexdigest()[:16],
+        "teacher_logits": hashlib.sha1(logits).hexdigest()[:16],
+        "seed": seed,
+        "da_fraction": da_fraction,
+    }
+    return json.loads(json.dumps(fingerprint))  # as the checkpoint will hold it (tuples become lists)
+
+
+def _differences(old: dict | None, new: dict) -> list[str]:
+    if old is None:
+        return ["none recorded (written by an older version)"]
+    out = []
+    for key in new:
+        if isinstance(new[key], dict) and isinstance(old.get(key), dict):
+            out += [
+                f"{key}.{k}"
+                for k in sorted(set(new[key]) | set(old[key]))
+                if new[key].get(k) != old[key].get(k)
+            ]
+        elif new[key] != old.get(key):
+            out.append(key)
+    return out
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """Delete a run's training checkpoints (after its model is saved: they can be gigabytes)."""
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _save_state(
+    accelerator: Accelerator, run_dir: Path, step: int, rng_state, fingerprint: dict, state_bytes: int
+) -> None:
     """Checkpoint atomically: write to a temp folder, then swap it in.
 
     At every moment `checkpoint/` or `checkpoint.old/` is complete (`_latest_checkpoint` reads them in that
@@ -131,8 +185,13 @@ def _save_state(accelerator: Accelerator, run_dir: Path, step: int, rng_state) -
     """
     tmp = run_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, "rng": rng_state}))
+    # A full disk would otherwise surface as torch's "unexpected pos N vs M", naming nothing.
+    require_free_space(run_dir, state_bytes, "a distillation checkpoint")
+    with disk_full_as_error(run_dir, "a distillation checkpoint"):
+        accelerator.save_state(str(tmp))
+        (tmp / STATE_FILE).write_text(
+            json.dumps({"step": step, "rng": rng_state, "fingerprint": fingerprint})
+        )
     final = run_dir / "checkpoint"
     old = run_dir / "checkpoint.old"
     if final.exists():
@@ -190,14 +249,30 @@ def train_student(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, settings.steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
+    fingerprint = run_fingerprint(student, settings, teacher_logits, examples, seed, da_fraction)
+    # What a checkpoint holds: the weights and AdamW's two moments of each trained one.
+    state_bytes = sum(
+        p.numel() * p.element_size() * (3 if p.requires_grad else 1) for p in student.parameters()
+    )
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     loss_fn = DistillationLoss(settings.kd_weight, settings.temperature)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step, rng = 0, random.Random(seed)
     checkpoint = _latest_checkpoint(run_dir)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / STATE_FILE).read_text())
+        changed = _differences(state.get("fingerprint"), fingerprint)
+        if changed:
+            logger.warning(
+                "not resuming from %s (step %d): it was written for other settings (%s differ); starting over",
+                checkpoint,
+                state["step"],
+                ", ".join(changed[:6]),
+            )
+            remove_checkpoints(run_dir)
+            checkpoint = None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
         start_step = state["step"]
         rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
         logger.info("resuming distillation from step %d (%s)", start_step, checkpoint)
@@ -235,7 +310,9 @@ def train_student(
         done = step + 1
         if done % settings.checkpoint_every == 0 and done < settings.steps:
             state = rng.getstate()
-            _save_state(accelerator, run_dir, done, [state[0], list(state[1]), state[2]])
+            _save_state(
+                accelerator, run_dir, done, [state[0], list(state[1]), state[2]], fingerprint, state_bytes
+            )
     progress.close()
 
     # ----- clean up --------------------------------------------------------------------------------------------
