@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from search.storage import load_existing_study
 from search.study import is_feasible
 from search.study_config import load_study_config
-from vlm.cli import UsageError
+from vlm.cli import UsageError, make_parser, run
 
 logger = logging.getLogger("distill.promote")
 
@@ -79,12 +79,22 @@ def record_promotion(study: optuna.Study, ratio: float, margin: float) -> list[d
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="List and record the trials worth distilling.")
-    parser.add_argument("--study", default="aokvqa")
-    parser.add_argument("--storage", default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "distill.promote",
+        "List the trials worth distilling (the constrained Pareto set plus near-threshold big savings) and "
+        "record them in the study.",
+    )
+    parser.add_argument(
+        "--study", required=True, help="study name (studies/<name>.toml) or a .toml path, e.g. demo"
+    )
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     config = load_study_config(args.study)
     study = load_existing_study(config.name, args.storage or config.default_storage, read_only=True)
     rows = record_promotion(study, config.search.constraint_ratio, config.search.promotion_margin)
@@ -97,7 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             row["gflops"],
             row["accuracy"],
         )
+    if rows:
+        logger.info(
+            "next: python -m distill.finalize --study %s --trial %d   (or --trial best: the cheapest, #%d)",
+            config.name,
+            rows[-1]["trial"],
+            rows[0]["trial"],
+        )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_run, build_parser(), argv, log_format="%(message)s")
 
 
 if __name__ == "__main__":

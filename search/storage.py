@@ -214,7 +214,20 @@ def _begin_deferred(connection) -> None:
 
 
 def load_existing_study(name: str, storage_url: str, read_only: bool = False) -> optuna.Study:
-    """An existing study, for commands that read it (and at most record a result): fails naming the study."""
+    """An existing study, for commands that read it (and at most record a result): fails naming the study.
+
+    A SQLite file that does not exist is not created (opening it would leave an empty database behind).
+    """
+    parsed = parse_storage_url(storage_url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).is_file()
+    ):
+        raise StorageError(
+            f"no study database at {parsed.database} (study {name!r}): run `python -m search.run --study {name}` "
+            "first, or pass the --storage URL the search used"
+        )
     storage = open_storage(storage_url, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage)

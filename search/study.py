@@ -9,7 +9,6 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from search.objective import CONSTRAINT_ATTR, OBJECTIVE_NAMES
 from search.references import reference_params
 from search.storage import open_storage
 from search.study_config import SearchSettings, StudyConfig
@@ -41,6 +40,8 @@ def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.St
         sampler=make_sampler(config.search),
         load_if_exists=True,
     )
+    from search.objective import OBJECTIVE_NAMES  # here: the objective pulls in torch, readers need neither
+
     if study.metric_names != OBJECTIVE_NAMES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -97,7 +98,11 @@ class StopAtTarget:
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and trial.user_attrs.get(CONSTRAINT_ATTR, [1.0])[0] <= 0
+    """Optuna's own rule on the trial's constraints (feasible when every value is <= 0), so promote, the
+    report, `study.best_trials` and optuna-dashboard agree."""
+    constraints = trial.constraints  # {name: value} in optuna 5
+    values = list(constraints.values() if isinstance(constraints, dict) else constraints or ())
+    return trial.state == TrialState.COMPLETE and bool(values) and all(v <= 0 for v in values)
 
 
 def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

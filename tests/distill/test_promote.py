@@ -6,7 +6,6 @@ import optuna
 from optuna.distributions import IntDistribution
 
 from distill.promote import promoted_trials
-from search.objective import CONSTRAINT_ATTR
 
 X = 0.40
 RATIO = 0.85  # threshold 0.34
@@ -18,7 +17,7 @@ def _add(study: optuna.Study, grid: int, gflops: float, accuracy: float) -> None
             params={"token_grid": grid},
             distributions={"token_grid": IntDistribution(1, 8)},
             values=[gflops, accuracy],
-            user_attrs={CONSTRAINT_ATTR: [RATIO * X - accuracy]},
+            constraints={"accuracy_floor": RATIO * X - accuracy},  # feasible when <= 0
         )
     )
 

@@ -103,6 +103,9 @@ def make_study(storage=None, name: str = NAME, finalized: bool = True) -> optuna
                 params=params,
                 distributions=DISTRIBUTIONS,
                 user_attrs=user_attrs,
+                constraints=(
+                    {"accuracy_floor": RATIO * X - accuracy} if state == TrialState.COMPLETE else None
+                ),
             )
         )
     if finalized:
