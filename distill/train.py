@@ -231,14 +231,12 @@ def train_student(
     items = _pairs(tokenizer, student, examples)
     labels = torch.tensor([e.correct_choice_idx for e in examples])
 
-    connector = [p for n, p in student.named_parameters() if n.startswith("connector.") and p.requires_grad]
-    others = [p for n, p in student.named_parameters() if not n.startswith("connector.") and p.requires_grad]
-    fresh_connector = student.connector_config.resampler_width is not None
+    # Weights that start from scratch (a resampler, a token scorer) train at `resampler_lr`, the rest at `lr`.
+    fresh_ids = {id(p) for p in student.fresh_parameters()}
+    fresh = [p for p in student.parameters() if id(p) in fresh_ids and p.requires_grad]
+    others = [p for p in student.parameters() if id(p) not in fresh_ids and p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [
-            {"params": connector, "lr": settings.resampler_lr if fresh_connector else settings.lr},
-            {"params": others, "lr": settings.lr},
-        ],
+        [{"params": fresh, "lr": settings.resampler_lr}, {"params": others, "lr": settings.lr}],
         weight_decay=0.0,
     )
     warmup = max(1, settings.steps // 20)

@@ -12,8 +12,9 @@ def _closest(values, target: float):
     return min(values, key=lambda v: (abs(v - target), v))
 
 
-def reference_params(cfg: VLMConfig, space: SpaceSettings) -> dict[str, dict[str, int]]:
-    """{name: trial params}: teacher, 6x6 and 4x4 pooling, 3/4 view size, global view only, 50% resampler."""
+def reference_params(cfg: VLMConfig, space: SpaceSettings) -> dict[str, dict[str, int | float | str]]:
+    """{name: trial params}: teacher, 6x6 and 4x4 pooling, 3/4 view size, global view only, 50% resampler,
+    and, when the space has token reducers, norm-based dropping and score pruning of 50% of the tokens."""
     native = cfg.native_token_grid
     teacher = {
         "token_grid": native,
@@ -28,6 +29,14 @@ def reference_params(cfg: VLMConfig, space: SpaceSettings) -> dict[str, dict[str
     half_width = _closest(
         [w for w in space.resampler_widths if w > 0] or [cfg.lm_hidden_dim // 2], cfg.lm_hidden_dim / 2
     )
+    reducers = {}
+    if tuple(space.reducers) != ("none",):  # the space samples a token reducer: every reference names one
+        teacher["token_reducer"] = "none"
+        half = _closest(space.keep_fractions, 0.5)
+        if "norm_drop" in space.reducers:  # keep the 50% of tokens with the largest norm
+            reducers["norm drop 50%"] = {**teacher, "token_reducer": "norm_drop", "keep_fraction": half}
+        if "score_prune" in space.reducers:  # a scorer trained from scratch keeps 50%
+            reducers["score prune 50%"] = {**teacher, "token_reducer": "score_prune", "keep_fraction": half}
     return {
         "teacher": teacher,
         "pool 6x6": {**teacher, "token_grid": max(1, round(native * 6 / 8))},
@@ -40,4 +49,5 @@ def reference_params(cfg: VLMConfig, space: SpaceSettings) -> dict[str, dict[str
             "token_grid": max(1, round(native / 2**0.5)),
             "resampler_width": half_width,
         },
+        **reducers,
     }

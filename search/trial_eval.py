@@ -2,8 +2,8 @@
 
 Caches (pure memoisation: a hit returns exactly what recomputation would):
 - prompts + image views per `ImageSpec` (image pipeline and tokenizer run once per spec);
-- ViT features per vision setting (view size, crop grid, kept encoder blocks) and question: trials that
-  differ only in token grid, resampler or decoder share the encoder's work.
+- ViT features per vision setting (view size, crop grid, kept encoder blocks, token merging) and question:
+  trials that differ only in token grid, token selection, resampler or decoder share the encoder's work.
 Evaluation stops early once the Wilson interval shows the trial cannot reach the promotion threshold.
 """
 
@@ -26,11 +26,17 @@ from vlm.processing import Encoded
 
 logger = logging.getLogger(__name__)
 
-VisionKey = tuple[int, int, tuple[int, ...]]  # (view size, max grid side, kept encoder blocks)
+# (view size, max grid side, kept encoder blocks, tokens merged per block)
+VisionKey = tuple[int, int, tuple[int, ...], tuple[int, ...]]
 
 
 def vision_key(plan: StudentPlan) -> VisionKey:
-    return (plan.cfg.vit_img_size, plan.cfg.max_grid_side, plan.kept_encoder_layers)
+    return (
+        plan.cfg.vit_img_size,
+        plan.cfg.max_grid_side,
+        plan.kept_encoder_layers,
+        plan.connector.merge_schedule,
+    )
 
 
 @dataclass
@@ -125,7 +131,8 @@ class SubsetEvaluator:
     def cost(self, model: VisionLanguageModel, plan: StudentPlan) -> QuestionCost:
         """Analytic FLOPs per question (MCQ: one prefill, no decode step) averaged over the subset."""
         encodings = self.encodings(model)
-        per_view = vision_flops_per_view(plan.cfg) + connector_flops_per_view(plan.cfg, plan.connector)
+        connector = plan.connector  # its merge schedule shapes the ViT's cost, its scorer the connector's
+        per_view = vision_flops_per_view(plan.cfg, connector) + connector_flops_per_view(plan.cfg, connector)
         n = len(encodings)
         views = [int(e.images.shape[0]) for e in encodings]
         prompts = [int(e.input_ids.shape[0]) for e in encodings]

@@ -1,6 +1,7 @@
-"""Short, fixed-budget warm-up of a freshly initialised resampler, distilled from the teacher.
+"""Short, fixed-budget warm-up of a freshly initialised resampler or token scorer, distilled from the
+teacher.
 
-Only the resampler trains; ViT features come from the shared feature cache and the teacher's answer-letter
+Only the fresh weights train; ViT features come from the shared feature cache and the teacher's answer-letter
 logits on the warm-up questions are computed once per study process. Without this a fresh resampler is
 random and every resampler trial would score chance.
 """
@@ -43,7 +44,8 @@ def warm_up_resampler(
     seed: int = 0,
     loss_fn: DistillationLoss | None = None,
 ) -> float:
-    """Train `student.connector` for `steps` steps; returns the last loss. Deterministic given `seed`."""
+    """Train the student's fresh weights (`fresh_parameters`: a resampler, a token scorer) for `steps` steps;
+    returns the last loss. Deterministic given `seed`."""
     loss_fn = loss_fn or DistillationLoss(kd_weight=0.8, temperature=1.0)
     letters = letter_token_ids(warmup.tokenizer)
     encodings = warmup.encodings(student)
@@ -52,7 +54,7 @@ def warm_up_resampler(
     device = next(student.parameters()).device
     for param in student.parameters():
         param.requires_grad_(False)
-    params = list(student.connector.parameters())
+    params = student.fresh_parameters()
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

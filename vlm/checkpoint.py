@@ -5,8 +5,9 @@ nanoVLM's `save_pretrained` writes `config.json` (its VLMConfig as a dict) and `
 the file may hold only one). We map those keys onto transformers' SigLIP and Llama modules and back.
 
 Compressed students are saved in the same layout with the *effective* VLMConfig (fewer blocks, the new view
-size) plus `vlm_compress.json` holding the connector (pooled grid or resampler) and the CompressionConfig
-that produced it; resampler weights live under `resampler.*`.
+size) plus `vlm_compress.json` holding the connector (pooled grid or resampler, token selection, token
+merging) and the CompressionConfig that produced it; resampler weights live under `resampler.*`, a token
+scorer's under `token_selector.scorer.*`.
 """
 
 from __future__ import annotations
@@ -191,6 +192,11 @@ def key_rules(model: VisionLanguageModel) -> list[KeyRule]:
         ]
     else:
         rules.append(_same("MP.proj.weight", "connector.proj.weight"))
+    if model.token_selector is not None:  # a token scorer (norm-based selection has no weights)
+        rules += [
+            _same(f"token_selector.{name}", f"token_selector.{name}")
+            for name, _ in model.token_selector.named_parameters()
+        ]
     return rules
 
 
@@ -395,6 +401,13 @@ def _write_model(model: VisionLanguageModel, tmp: Path, state: dict, tokenizer, 
             "resampler_width": connector.resampler_width,
             "resampler_heads": connector.resampler_heads,
         }
+        if connector.keep_tokens is not None or connector.merge_schedule:  # token reducers
+            info["connector"].update(
+                keep_tokens=connector.keep_tokens,
+                keep_by=connector.keep_by,
+                scorer_width=connector.scorer_width,
+                merge_schedule=list(connector.merge_schedule),
+            )
         info["image_token_id"] = model.image_token_id
         (tmp / EXTRAS_FILE).write_text(json.dumps(info, indent=2))
     if tokenizer is not None:

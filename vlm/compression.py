@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from vlm.config import CompressionConfig, VLMConfig
 from vlm.model import ConnectorConfig, VisionLanguageModel
 from vlm.processing import MAX_CROP_GRID
+from vlm.reducers import effective_merge_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class StudentPlan:
 
     @property
     def tokens_per_view(self) -> int:
-        return self.token_grid**2
+        return self.connector.keep_tokens or self.token_grid**2
 
 
 def _kept(n_layers: int, dropped: tuple[int, ...], tower: str) -> tuple[int, ...]:
@@ -113,7 +114,34 @@ def plan_student(teacher_cfg: VLMConfig, compression: CompressionConfig) -> Stud
             vit_n_blocks=len(kept_enc),
             lm_n_blocks=len(kept_dec),
         )
+    connector = _plan_reducers(compression, connector, grid * grid, patches_per_side**2, len(kept_enc))
     return StudentPlan(cfg, connector, kept_enc, kept_dec, compression)
+
+
+def _plan_reducers(
+    compression: CompressionConfig, connector: ConnectorConfig, tokens: int, patches: int, blocks: int
+) -> ConnectorConfig:
+    """Add token selection (`tokens` connector outputs per view) and the ToMe schedule to the connector."""
+    keep, by = compression.keep_tokens_by_norm, "norm"
+    if compression.keep_tokens_by_score is not None:
+        keep, by = compression.keep_tokens_by_score, "score"
+    if keep is not None and keep > tokens:
+        name = f"keep_tokens_by_{by}"
+        raise CompressionError(
+            f"{name} {keep} exceeds the {tokens} tokens per view the connector gives: keep at most {tokens}"
+        )
+    merge = compression.merge_per_block
+    if isinstance(merge, int):
+        merge = (merge,) * blocks
+    elif len(merge) != blocks:
+        raise CompressionError(
+            f"merge_per_block has {len(merge)} entries but the student keeps {blocks} encoder blocks: "
+            "give one per kept block, or a single int for all"
+        )
+    schedule = effective_merge_schedule(patches, merge)
+    if by == "score":
+        connector = dataclasses.replace(connector, keep_by=by, scorer_width=compression.scorer_width)
+    return dataclasses.replace(connector, keep_tokens=keep, merge_schedule=schedule if any(schedule) else ())
 
 
 _ENC_LAYER = re.compile(r"^(vision_encoder\.(?:vision_model\.)?encoder\.layers\.)(\d+)(\..*)$")
@@ -161,6 +189,7 @@ def compress(teacher: VisionLanguageModel, compression: CompressionConfig) -> Vi
         state[key] = tensor.detach().clone()
     missing, unexpected = student.load_state_dict(state, strict=False)
     allowed_missing = {k for k in targets if k.startswith("connector.") and plan.connector.resampler_width}
+    allowed_missing |= {k for k in targets if k.startswith("token_selector.")}  # a scorer starts fresh
     allowed_missing |= {k for k in targets if k.endswith("position_ids") or k == "decoder.lm_head.weight"}
     bad = [k for k in missing if k not in allowed_missing]
     if bad or unexpected:

@@ -150,6 +150,12 @@ class CompressionConfig:
         resampler_width: None keeps pixel shuffle + projector; an int replaces them with a Perceiver-style
             cross-attention resampler of that width, initialised from scratch.
         resampler_heads: attention heads of the resampler (its width must be divisible by it).
+        keep_tokens_by_norm: keep this many tokens per view after the connector, those with the largest L2
+            norm, in their original order (training-free; `vlm.reducers`).
+        keep_tokens_by_score: keep this many tokens per view after the connector, chosen by a small scorer of
+            width `scorer_width` trained from scratch (warm-up / distillation). At most one of the two.
+        merge_per_block: token merging (ToMe) inside the vision encoder: tokens merged in each kept encoder
+            block, one int for every block or a tuple with one entry per kept block; 0 = off.
     """
 
     token_grid: int | None = None
@@ -159,6 +165,10 @@ class CompressionConfig:
     drop_encoder_layers: tuple[int, ...] = ()
     resampler_width: int | None = None
     resampler_heads: int = 4
+    keep_tokens_by_norm: int | None = None
+    keep_tokens_by_score: int | None = None
+    scorer_width: int = 64
+    merge_per_block: int | tuple[int, ...] = 0
 
     def __post_init__(self) -> None:
         # Normalise lists from JSON into sorted tuples so equal configs compare and hash equal.
@@ -180,15 +190,37 @@ class CompressionConfig:
                     f"resampler_width {self.resampler_width} must be positive and divisible by "
                     f"resampler_heads {self.resampler_heads}"
                 )
+        if self.keep_tokens_by_norm is not None and self.keep_tokens_by_score is not None:
+            raise ValueError(
+                "set keep_tokens_by_norm or keep_tokens_by_score, not both: one selection per view"
+            )
+        for name in ("keep_tokens_by_norm", "keep_tokens_by_score"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (tokens kept per view), got {value}")
+        if self.scorer_width < 1:
+            raise ValueError(f"scorer_width must be >= 1, got {self.scorer_width}")
+        if not isinstance(self.merge_per_block, int):
+            object.__setattr__(self, "merge_per_block", tuple(int(r) for r in self.merge_per_block))
+        merge = self.merge_per_block if isinstance(self.merge_per_block, tuple) else (self.merge_per_block,)
+        if any(r < 0 for r in merge):
+            raise ValueError(f"merge_per_block must be >= 0 tokens per block, got {self.merge_per_block}")
 
     @property
     def is_identity(self) -> bool:
         return self == CompressionConfig()
 
+    @property
+    def has_fresh_weights(self) -> bool:
+        """A resampler or a token scorer starts from scratch: the student needs warm-up before scoring."""
+        return self.resampler_width is not None or self.keep_tokens_by_score is not None
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["drop_decoder_layers"] = list(self.drop_decoder_layers)
         data["drop_encoder_layers"] = list(self.drop_encoder_layers)
+        if isinstance(self.merge_per_block, tuple):
+            data["merge_per_block"] = list(self.merge_per_block)
         return data
 
     @classmethod

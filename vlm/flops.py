@@ -32,12 +32,15 @@ from vlm.compression import StudentPlan, plan_student
 from vlm.config import CompressionConfig, ImageSpec, VLMConfig
 from vlm.geometry import num_views
 from vlm.model import ConnectorConfig, VisionLanguageModel
+from vlm.reducers import merged_token_counts
 
 logger = logging.getLogger(__name__)
 
 CONVENTION = (
     "2 FLOPs per multiply-add; matmuls, the patch convolution and attention (full score matrix) counted, "
-    "elementwise ops not; every image view counted; LM head once after prefill and once per decode step."
+    "elementwise ops not; every image view counted; LM head once after prefill and once per decode step; "
+    "token reducers: a scorer's linear layers and token merging's similarity matmul counted, top-k, "
+    "sorting, norms and gathers not."
 )
 
 
@@ -72,17 +75,41 @@ class FlopBreakdown:
 
 
 # ----- analytic ------------------------------------------------------------------------------------------
-def vision_flops_per_view(cfg: VLMConfig) -> int:
-    """Patch conv + ViT blocks for one view of `cfg.vit_img_size` pixels."""
+def vision_flops_per_view(cfg: VLMConfig, connector: ConnectorConfig | None = None) -> int:
+    """Patch conv + ViT blocks for one view of `cfg.vit_img_size` pixels.
+
+    With token merging (`connector.merge_schedule`, r_i per block) block i sees N_i tokens (N_0 = patches,
+    N_{i+1} = N_i - r_i): q/k/v/out and attention over N_i, the MLP over N_i - r_i (ToMe merges between
+    attention and MLP), plus the matching's cosine similarities when r_i > 0: ceil(N_i/2)·floor(N_i/2)·
+    head_dim multiply-adds (keys averaged over heads). Sorting, gathers, the size-weighted average and
+    un-merging are elementwise or index work: not counted.
+    """
     n = (cfg.vit_img_size // cfg.vit_patch_size) ** 2
     d, inter = cfg.vit_hidden_dim, cfg.vit_inter_dim
     conv = n * 3 * cfg.vit_patch_size**2 * d
-    per_block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * inter  # qkv+out, q·kᵀ + attn·v, MLP
-    return 2 * (conv + cfg.vit_n_blocks * per_block)
+    schedule = (connector.merge_schedule if connector else ()) or (0,) * cfg.vit_n_blocks
+    counts = merged_token_counts(n, schedule)
+    macs = conv
+    for tokens, after in zip(counts, counts[1:]):
+        macs += 4 * tokens * d * d + 2 * tokens * tokens * d  # qkv+out, q·kᵀ + attn·v
+        if after < tokens:
+            macs += ((tokens + 1) // 2) * (tokens // 2) * (d // cfg.vit_n_heads)  # ToMe matching
+        macs += 2 * after * d * inter  # MLP
+    return 2 * macs
 
 
 def connector_flops_per_view(cfg: VLMConfig, connector: ConnectorConfig) -> int:
-    """Pixel-shuffle projector (pooling is elementwise) or Perceiver resampler, for one view."""
+    """Pixel-shuffle projector (pooling is elementwise) or Perceiver resampler, for one view, plus a token
+    scorer's two linear layers over the connector's outputs when tokens are kept by score (top-k, norms and
+    gathers are not counted)."""
+    scorer = 0
+    if connector.keep_tokens is not None and connector.keep_by == "score":
+        tokens = (connector.token_grid or cfg.native_token_grid) ** 2
+        scorer = 2 * tokens * (cfg.lm_hidden_dim * connector.scorer_width + connector.scorer_width)
+    return scorer + _connector_only_flops_per_view(cfg, connector)
+
+
+def _connector_only_flops_per_view(cfg: VLMConfig, connector: ConnectorConfig) -> int:
     n = (cfg.vit_img_size // cfg.vit_patch_size) ** 2
     d, lm = cfg.vit_hidden_dim, cfg.lm_hidden_dim
     if connector.resampler_width is None:
@@ -140,7 +167,7 @@ def analytic_flops(
 ) -> FlopBreakdown:
     """By-hand count. `answer_tokens` = tokens the answer needs (1 for MCQ: read from the prefill)."""
     return FlopBreakdown(
-        vision_per_view=vision_flops_per_view(cfg),
+        vision_per_view=vision_flops_per_view(cfg, connector),
         connector_per_view=connector_flops_per_view(cfg, connector),
         n_views=n_views,
         prompt_tokens=prompt_tokens,
@@ -220,7 +247,7 @@ def fvcore_flops(
     with torch.no_grad():
         vision = _fvcore_count(
             model,
-            lambda x: model.vision_encoder(pixel_values=x).last_hidden_state,
+            model.encode_vision,  # the merging forward when the student merges tokens
             (torch.zeros(1, 3, size, size, device=device, dtype=dtype),),
         )
         connector = _fvcore_count(

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from vlm.config import ImageSpec, VLMConfig
+from vlm.reducers import TokenSelector, merged_vision_forward
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,24 @@ class ConnectorConfig:
 
     token_grid: k for k*k tokens per view (None = the native pixel-shuffled grid).
     resampler_width: None = pixel shuffle + projector; int = Perceiver resampler of that width.
+    keep_tokens: None keeps every connector output; an int keeps that many per view, chosen by `keep_by`
+        ("norm": largest L2 norm; "score": a scorer of width `scorer_width` trained from scratch).
+    merge_schedule: () = the plain vision encoder; else tokens merged (ToMe) in each encoder block, already
+        clamped (`vlm.reducers.effective_merge_schedule`), un-merged to the full patch grid at the end.
     """
 
     token_grid: int | None = None
     resampler_width: int | None = None
     resampler_heads: int = 4
+    keep_tokens: int | None = None
+    keep_by: str = "norm"
+    scorer_width: int = 64
+    merge_schedule: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "merge_schedule", tuple(int(r) for r in self.merge_schedule))
+        if self.keep_by not in ("norm", "score"):
+            raise ValueError(f"keep_by must be 'norm' or 'score', got {self.keep_by!r}")
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -203,6 +217,15 @@ class VisionLanguageModel(nn.Module):
                 grid * grid,
                 connector.resampler_heads,
             )
+        if connector.merge_schedule and len(connector.merge_schedule) != cfg.vit_n_blocks:
+            raise ValueError(
+                f"merge_schedule has {len(connector.merge_schedule)} entries for {cfg.vit_n_blocks} encoder blocks"
+            )
+        self.token_selector: TokenSelector | None = None
+        if connector.keep_tokens is not None:
+            self.token_selector = TokenSelector(
+                cfg.lm_hidden_dim, connector.keep_tokens, connector.keep_by, connector.scorer_width
+            )
         decoder_cfg = llama_config(cfg)
         decoder_cfg._attn_implementation = attn_implementation
         self.decoder = LlamaForCausalLM(decoder_cfg)
@@ -210,8 +233,17 @@ class VisionLanguageModel(nn.Module):
     # ----- shapes -----------------------------------------------------------------------------------------
     @property
     def tokens_per_view(self) -> int:
+        if self.connector_config.keep_tokens is not None:
+            return self.connector_config.keep_tokens
         grid = self.connector_config.token_grid or self.cfg.native_token_grid
         return grid * grid
+
+    def fresh_parameters(self) -> list[nn.Parameter]:
+        """Weights a compression creates from scratch (a resampler, a token scorer): warm-up trains these."""
+        params = list(self.connector.parameters()) if isinstance(self.connector, PerceiverResampler) else []
+        if self.token_selector is not None:
+            params += list(self.token_selector.parameters())
+        return params
 
     @property
     def image_spec(self) -> ImageSpec:
@@ -226,11 +258,16 @@ class VisionLanguageModel(nn.Module):
     def encode_vision(self, images: torch.Tensor) -> torch.Tensor:
         """ViT features of every view: [N, 3, S, S] -> [N, patches, D_vit]."""
         images = images.to(device=self.decoder.device, dtype=self.vision_encoder.dtype)
+        if any(self.connector_config.merge_schedule):  # token merging; r = 0 everywhere: the plain encoder
+            return merged_vision_forward(self.vision_encoder, images, self.connector_config.merge_schedule)
         return self.vision_encoder(pixel_values=images).last_hidden_state
 
     def project(self, vision_features: torch.Tensor) -> torch.Tensor:
-        """Connector: [N, patches, D_vit] -> [N, tokens_per_view, D_lm]."""
-        return self.connector(vision_features)
+        """Connector (+ token selection): [N, patches, D_vit] -> [N, tokens_per_view, D_lm]."""
+        x = self.connector(vision_features)
+        if self.token_selector is not None:
+            x = self.token_selector(x)  # [N, keep, D_lm]
+        return x
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image-token positions replaced, in order, by `image_embeds`."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 
 from search.references import reference_params
-from search.space import PARAMS
+from search.space import PARAMS, REDUCER_PARAMS, suggest_compression
 from search.study_config import (
     SearchSettings,
     SpaceSettings,
@@ -16,7 +17,7 @@ from search.study_config import (
     study_config_from_dict,
 )
 from vlm.compression import plan_student
-from vlm.config import CompressionConfig, VLMConfig
+from vlm.config import VLMConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKED_IN = sorted((REPO / "studies").glob("*.toml"))
@@ -131,14 +132,17 @@ def test_references_for_nanovlm_on_the_aokvqa_space():
         "n_drop_decoder": 0,
         "n_drop_encoder": 0,
         "resampler_width": 0,
+        "token_reducer": "none",  # aokvqa.toml lists token reducers
     }
     assert refs["3/4 view size"] == {**teacher, "view_size": 384, "token_grid": 6}
     assert refs["pool 6x6"] == {**teacher, "token_grid": 6}
     assert refs["pool 4x4"] == {**teacher, "token_grid": 4}
     assert refs["global view only"] == {**teacher, "max_grid_side": 1}
     assert refs["50% resampler"] == {**teacher, "token_grid": 6, "resampler_width": 512}
+    assert refs["norm drop 50%"] == {**teacher, "token_reducer": "norm_drop", "keep_fraction": 0.5}
+    assert refs["score prune 50%"] == {**teacher, "token_reducer": "score_prune", "keep_fraction": 0.5}
     for name, params in refs.items():
-        assert set(params) == set(PARAMS), name
+        assert set(PARAMS) <= set(params) <= set(PARAMS) | set(REDUCER_PARAMS), name
         assert _within(space, params), name  # so study.enqueue_trial(params) is valid
 
 
@@ -151,13 +155,11 @@ def test_every_reference_is_a_valid_student(study):
     space = load_study_config(str(REPO / "studies" / f"{study}.toml")).space
     for name, params in reference_params(cfg, space).items():
         assert _within(space, params), name
-        plan = plan_student(
-            cfg,
-            CompressionConfig(
-                token_grid=params["token_grid"],
-                view_size=params["view_size"],
-                max_grid_side=params["max_grid_side"],
-                resampler_width=params["resampler_width"] or None,
-            ),
+        compression = suggest_compression(
+            optuna.trial.FixedTrial(params), space, range(cfg.lm_n_blocks), range(cfg.vit_n_blocks)
         )
-        assert plan.tokens_per_view == params["token_grid"] ** 2, name
+        plan = plan_student(cfg, compression)
+        tokens = params["token_grid"] ** 2
+        if "keep_fraction" in params:  # the 50% norm-drop and score-prune references
+            tokens = round(params["keep_fraction"] * tokens)
+        assert plan.tokens_per_view == tokens, name
