@@ -27,6 +27,7 @@ from distill.train import (
 from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator
 from search.world import load_split, load_teacher, teacher_path
+from vlm.bench import compare_speed
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
@@ -41,6 +42,7 @@ from vlm.evaluate import (
 logger = logging.getLogger(__name__)
 
 FINALIZED_PREFIX = "finalized:"
+SPEED_QUESTIONS = 4  # validation questions the teacher and the student are timed on (vlm.bench.SHORT)
 
 
 class FinalizeError(RuntimeError):
@@ -153,6 +155,8 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
     # search subset, and prompt lengths differ between subset and split (the teacher read -0.1% "fewer").
     teacher_cost = evaluator.cost(teacher, plan_student(teacher.cfg, CompressionConfig()))
     baseline = study.user_attrs["baseline"]
+    # Measured speed beside the counted FLOPs: teacher and student timed on the same questions and device.
+    speed = compare_speed(student, teacher, tokenizer, val[:SPEED_QUESTIONS], compression)
 
     # ----- test predictions in the leaderboard format ---------------------------------------------------------------
     test = load_split(config.data, "test", None)
@@ -181,6 +185,7 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
         "views": cost.views,
         "image_tokens": cost.image_tokens,
         "keeps_constraint": mcq.accuracy >= config.search.constraint_ratio * baseline["accuracy"],
+        "speed": speed,
         "train": train_info,
         "seconds": time.time() - start,
     }

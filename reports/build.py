@@ -121,8 +121,14 @@ def display_summary(summary: pd.DataFrame) -> pd.DataFrame:
                 )
             ],
             "DA accuracy": [_fmt(v, ".3f") for v in summary["da_accuracy"]],
+            "measured speed-up": [_times(v) for v in summary["speedup_x"]],
         }
     )
+
+
+def _times(value) -> str:
+    text = _fmt(value, ".2f")
+    return f"{text}x" if text else ""
 
 
 def display_finalized(finalized: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +152,29 @@ def display_finalized(finalized: pd.DataFrame) -> pd.DataFrame:
             "n": finalized["distilled_n"],
             "DA accuracy": [_fmt(v, ".3f") for v in finalized["da_accuracy"]],
             "keeps constraint": ["yes" if v else "no" for v in finalized["keeps_constraint"]],
+            "FLOP reduction": [_times(v) for v in finalized["flop_reduction_x"]],
+            "measured speed-up": [_times(v) for v in finalized["speedup_x"]],
+            "latency ms (student / teacher)": [
+                f"{_fmt(a, '.4g')} / {_fmt(b, '.4g')}" if _fmt(a, "g") else ""
+                for a, b in zip(finalized["latency_ms"], finalized["teacher_latency_ms"])
+            ],
+            "memory MiB (student / teacher)": [
+                f"{_fmt(a, '.0f')} / {_fmt(b, '.0f')}" if _fmt(a, "g") else ""
+                for a, b in zip(finalized["memory_mb"], finalized["teacher_memory_mb"])
+            ],
+        }
+    )
+
+
+def display_speed(speed: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "trial": speed["trial"],
+            "config": speed["config"],
+            "FLOP reduction": [_times(v) for v in speed["flop_reduction_x"]],
+            "measured speed-up": [_times(v) for v in speed["speedup_x"]],
+            "speed-up / FLOP reduction": [_fmt(v, ".2f") for v in speed["speedup_per_flop_reduction"]],
+            "timed on": speed["speed_device"],
         }
     )
 
@@ -248,6 +277,15 @@ def render_page(data: ReportData) -> str:
         f"<p>{esc(corr.note)}.</p>"
         f"{_figure_html(figures.correlation_figure(data.finalized, corr), 'prediction')}"
         f"{_table_html(display_finalized(data.finalized)) if len(data.finalized) else ''}</section>",
+        "<section id='speed'><h2>Measured speed-up vs FLOP reduction</h2>"
+        "<p class='note'>distill.finalize times the teacher and each finalized student on the same "
+        "validation questions and device in one run (MCQ at batch 1: every view, the connector, the prefill; "
+        "median of repeats after warm-up). On the y = x line the saved FLOPs became saved time; below it "
+        "they did not (fixed per-call overheads, memory-bound steps, kernels that run small shapes "
+        "less efficiently).</p>"
+        f"{_figure_html(figures.speedup_figure(data.speed), 'speed')}"
+        f"{_table_html(display_speed(data.speed)) if data.speed is not None and len(data.speed) else ''}"
+        "</section>",
         "<section id='params'><h2>Searched parameters</h2>"
         f"{_figure_html(figures.params_figure(data), 'params')}</section>",
         f"<section id='importances'><h2>Parameter importances</h2><p>{esc(imp.method)}.</p>"
@@ -319,6 +357,7 @@ def build_report(data: ReportData, out_dir: Path) -> list[Path]:
     tables = {
         "summary": (data.summary, display_summary(data.summary)),
         "finalized": (data.finalized, display_finalized(data.finalized)),
+        "speed": (data.speed, display_speed(data.speed)),
         "importances": (data.importances.frame, display_importances(data.importances.frame)),
         "trials": (data.trials, display_trials(data.trials)),
     }

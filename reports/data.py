@@ -89,6 +89,7 @@ class ReportData(NamedTuple):
     correlation: RankCorrelation
     importances: Importances
     params: list[str]  # the searched parameters, in search-space order
+    speed: pd.DataFrame | None = None  # measured speed-up beside FLOP reduction (`speed_frame`)
 
 
 # ----- the study ---------------------------------------------------------------------------------------------
@@ -238,6 +239,15 @@ _FINALIZED_COLUMNS = [
     "da_accuracy",
     "distilled_reduction_pct",
     "keeps_constraint",
+    # Measured by `distill.finalize` (vlm.bench.compare_speed): teacher and student on one device, one run.
+    "flop_reduction_x",
+    "speedup_x",
+    "latency_ms",
+    "teacher_latency_ms",
+    "throughput_qps",
+    "memory_mb",
+    "teacher_memory_mb",
+    "speed_device",
 ]
 
 
@@ -272,6 +282,7 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
                 "distilled_reduction_pct": 100
                 * (1 - record["gflops"] / record.get("teacher_gflops", teacher_gflops)),
                 "keeps_constraint": record.get("keeps_constraint"),
+                **_speed_columns(record.get("speed") or {}),
             }
         )
     frame = pd.DataFrame(rows, columns=_FINALIZED_COLUMNS)
@@ -280,6 +291,55 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
 
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def _speed_columns(speed: Mapping[str, Any]) -> dict[str, Any]:
+    """The finalized record's measured speed (absent in records written before finalize measured it)."""
+
+    def scaled(key: str, factor: float) -> float:
+        return _number(speed.get(key)) * factor
+
+    return {
+        "flop_reduction_x": _number(speed.get("flop_reduction")),
+        "speedup_x": _number(speed.get("speedup")),
+        "latency_ms": scaled("latency_s", 1e3),
+        "teacher_latency_ms": scaled("teacher_latency_s", 1e3),
+        "throughput_qps": _number(speed.get("throughput_qps")),
+        "memory_mb": scaled("memory_bytes", 2**-20),
+        "teacher_memory_mb": scaled("teacher_memory_bytes", 2**-20),
+        "speed_device": (
+            f"{speed['device_name']} ({speed['device']}, {speed['threads']} threads, {speed['dtype']})"
+            if speed
+            else ""
+        ),
+    }
+
+
+def speed_frame(finalized: pd.DataFrame) -> pd.DataFrame:
+    """Finalized trials with a measured speed: FLOP reduction (teacher FLOPs / student FLOPs on the timed
+    questions) against measured speed-up (teacher MCQ latency / student MCQ latency), and their ratio
+    (1 = the speed-up the FLOPs promise; below 1 = the saved FLOPs were not all turned into time)."""
+    columns = [
+        "trial",
+        "config",
+        "flop_reduction_x",
+        "speedup_x",
+        "speedup_per_flop_reduction",
+        "speed_device",
+    ]
+    timed = finalized[finalized["speedup_x"].notna()] if len(finalized) else finalized
+    frame = pd.DataFrame(
+        {
+            "trial": timed["trial"],
+            "config": timed["config"],
+            "flop_reduction_x": timed["flop_reduction_x"],
+            "speedup_x": timed["speedup_x"],
+            "speedup_per_flop_reduction": timed["speedup_x"] / timed["flop_reduction_x"],
+            "speed_device": timed["speed_device"],
+        },
+        columns=columns,
+    )
+    return frame.sort_values(["flop_reduction_x", "trial"], ignore_index=True)
 
 
 def arrows(finalized: pd.DataFrame) -> list[Arrow]:
@@ -318,7 +378,14 @@ def summary_table(trials: pd.DataFrame, front: pd.DataFrame, finalized: pd.DataF
     table = trials.set_index("number").loc[numbers].reset_index()[columns]
     table.insert(1, "role", [_role(n in on_front, n in done) for n in table["number"]])
     distilled = finalized.set_index("trial")[
-        ["distilled_gflops", "distilled_accuracy", "distilled_ci_low", "distilled_ci_high", "da_accuracy"]
+        [
+            "distilled_gflops",
+            "distilled_accuracy",
+            "distilled_ci_low",
+            "distilled_ci_high",
+            "da_accuracy",
+            "speedup_x",
+        ]
     ]
     table = table.join(distilled, on="number")
     return table.sort_values(["gflops", "number"], ignore_index=True)
@@ -448,4 +515,5 @@ def report_data(study: optuna.Study, ratio: float | None = None) -> ReportData:
         correlation=rank_correlation(finalized),
         importances=importances(study),
         params=searched_params(study),
+        speed=speed_frame(finalized),
     )

@@ -327,3 +327,46 @@ def correlation_figure(finalized: pd.DataFrame, corr: RankCorrelation) -> go.Fig
         height=420,
     )
     return fig
+
+
+def speedup_figure(speed: pd.DataFrame | None) -> go.Figure | None:
+    """Measured speed-up against FLOP reduction of the finalized trials, with the y = x line."""
+    if speed is None or speed.empty:
+        return None
+    top = float(np.nanmax(speed[["flop_reduction_x", "speedup_x"]].to_numpy())) * 1.1
+    low = min(1.0, float(np.nanmin(speed[["flop_reduction_x", "speedup_x"]].to_numpy()))) * 0.9
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[low, top],
+        y=[low, top],
+        mode="lines",
+        line={"color": NOT_FINISHED, "dash": "dot"},
+        name="speed-up = FLOP reduction (y = x)",
+        hoverinfo="skip",
+    )
+    fig.add_scatter(
+        x=speed["flop_reduction_x"],
+        y=speed["speedup_x"],
+        mode="markers+text",
+        text=[f"#{n}" for n in speed["trial"]],
+        textposition="middle right",
+        marker={"symbol": "diamond", "size": 11, "color": DISTILLED},
+        customdata=speed[["config", "speedup_per_flop_reduction", "speed_device"]].to_numpy(dtype=object),
+        name="finalized trials",
+        hovertemplate=(
+            "%{text}: %{customdata[0]}<br>FLOP reduction %{x:.2f}x<br>measured speed-up %{y:.2f}x"
+            "<br>speed-up / FLOP reduction %{customdata[1]:.2f}<br>%{customdata[2]}<extra></extra>"
+        ),
+    )
+    devices = ", ".join(sorted(set(speed["speed_device"])))
+    fig.update_layout(
+        template=TEMPLATE,
+        title=(
+            "Measured speed-up vs FLOP reduction (MCQ latency at batch 1, teacher / student)"
+            f"<br><sup>timed by distill.finalize on {devices}</sup>"
+        ),
+        xaxis={"type": "log", "title": "FLOP reduction (teacher FLOPs / student FLOPs, log scale)"},
+        yaxis={"type": "log", "title": "measured speed-up (teacher latency / student latency, log scale)"},
+        height=460,
+    )
+    return fig

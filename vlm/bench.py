@@ -547,6 +547,68 @@ def _time_components(
     return out
 
 
+# ----- teacher vs student ---------------------------------------------------------------------------------------
+# Short enough to run inside `distill.finalize` (a few seconds on the demo, about a minute for nanoVLM on a GPU).
+SHORT = BenchSettings(warmup=1, repeats=3, batch_size=8, new_tokens=4, components=False, memory=True)
+
+
+def model_memory(result: dict[str, Any], key: str = "mcq") -> int | None:
+    """Memory one model needs for a pass: its weights plus the pass's peak rise over what was in use before.
+
+    A process holding several models (finalize holds teacher and student) has one peak RSS for all of them;
+    this attributes to each model its own weights and activations."""
+    rise = result["memory"].get(key, {}).get("rise_bytes")
+    return None if rise is None else result["weights_bytes"] + max(rise, 0)
+
+
+def compare_speed(
+    student: VisionLanguageModel,
+    teacher: VisionLanguageModel,
+    tokenizer,
+    examples: Sequence[VQAExample],
+    compression: CompressionConfig,
+    settings: BenchSettings = SHORT,
+) -> dict[str, Any]:
+    """Time the teacher, then the student, on the same questions and device in this process.
+
+    Returns flat numbers for a study record: medians and spreads of MCQ latency, direct-answer latency,
+    throughput, memory (`model_memory`), the analytic GFLOPs of both on these questions, and the ratios
+    `speedup` (teacher latency / student latency) and `flop_reduction` (teacher FLOPs / student FLOPs).
+    """
+    runs = {}
+    for name, model, cfg, comp in (
+        ("teacher", teacher, teacher.cfg, None),
+        ("student", student, teacher.cfg, compression),
+    ):
+        prompts = encode_questions(model, tokenizer, examples)
+        own = comp is not None or model.connector_config == ConnectorConfig()
+        runs[name] = benchmark(model, prompts, settings, cfg if own else None, comp)
+    out: dict[str, Any] = {
+        **{k: runs["student"]["environment"][k] for k in ("device", "device_name", "dtype", "threads")},
+        "questions": len(examples),
+        "repeats": settings.repeats,
+        "loadavg": runs["student"]["environment"]["loadavg_after"],
+        "memory_method": "weights + peak rise during one MCQ pass; "
+        + runs["student"]["memory"].get("mcq", {}).get("method", "not measured"),
+    }
+    for name, run in runs.items():
+        prefix = "" if name == "student" else "teacher_"
+        lat = run["latency"]["mcq"]
+        out[f"{prefix}latency_s"] = lat["median_s"]
+        out[f"{prefix}latency_spread_s"] = [lat["min_s"], lat["max_s"]]
+        if "direct_answer" in run["latency"]:
+            out[f"{prefix}da_latency_s"] = run["latency"]["direct_answer"]["median_s"]
+        if "throughput" in run:
+            out[f"{prefix}throughput_qps"] = run["throughput"]["questions_per_s"]
+        out[f"{prefix}memory_bytes"] = model_memory(run)
+        out[f"{prefix}gflops"] = run["flops"]["mcq"]["total"] / 1e9
+    out["speedup"] = out["teacher_latency_s"] / out["latency_s"]
+    out["flop_reduction"] = out["teacher_gflops"] / out["gflops"]
+    if "throughput_qps" in out:
+        out["throughput_ratio"] = out["throughput_qps"] / out["teacher_throughput_qps"]
+    return out
+
+
 # ----- context --------------------------------------------------------------------------------------------------
 def _loadavg() -> list[float] | None:
     try:
