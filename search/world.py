@@ -7,16 +7,14 @@ else is a hub id or a local path; when the hub is unreachable we fail fast, nami
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from search.study_config import DEMO, DataSettings, ModelSettings
 from vlm.checkpoint import TOKENIZER_DIR, load_pretrained
 from vlm.data import DataConfig, VQAExample, load_examples
+from vlm.hub import hub_reachable
 from vlm.model import VisionLanguageModel
 from vlm.paths import cache_dir
 from vlm.tokenizer import load_tokenizer
@@ -28,21 +26,6 @@ OFFLINE_HINT = "run the offline demo study instead: `python -m search.run --stud
 
 class WorldUnavailable(RuntimeError):
     """The study's model or data cannot be reached from here."""
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    # huggingface_hub reads HF_HUB_OFFLINE as a boolean: 1/true/yes/on, any case. Checked here at call time
-    # (not via huggingface_hub.constants, which is frozen when that module is first imported).
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "TRUE", "YES", "ON"}:
-        return False
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or ""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _require_hub(what: str) -> None:
