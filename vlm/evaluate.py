@@ -183,11 +183,17 @@ def all_letter_logits(
     examples: Sequence[VQAExample],
     batch_size: int = 32,
     encoded: Sequence[Encoded] | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """[N, 4] letter logits for every example (e.g. a teacher's targets); missing choices at -1e4, not -inf,
-    so KL terms stay finite."""
+    so KL terms stay finite. `progress`: a progress bar's label (None: no bar)."""
     config = EvalConfig(batch_size=batch_size, show_progress=False)
-    chunks = [logits.cpu() for _, logits in iter_mcq(model, tokenizer, examples, config, encoded)]
+    bar = tqdm(total=len(examples), desc=progress, disable=progress is None, leave=False, unit="q")
+    chunks = []
+    for chunk, logits in iter_mcq(model, tokenizer, examples, config, encoded):
+        chunks.append(logits.cpu())
+        bar.update(len(chunk))
+    bar.close()
     return torch.cat(chunks).clamp(min=-1e4) if chunks else torch.zeros(0, len(CHOICE_LETTERS))
 
 
