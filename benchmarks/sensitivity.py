@@ -5,7 +5,9 @@ prints accuracy (with its 95% interval), the exact paired (McNemar) p-value of i
 teacher on the same questions, and analytic FLOPs per question on the demo validation split for:
 the teacher, global view only, 4x4 and 2x2 tokens per view, half the view size, a quarter of the decoder
 blocks dropped, a quarter of the encoder blocks dropped (least important first, as the search drops them),
-and the same questions with blank images.
+the token reducers (50% of the tokens kept by norm, 50% kept by a scorer after the demo study's warm-up,
+token merging at 4 and 8 tokens per encoder block), and the same questions with blank images.
+`--only NAME [NAME ...]` evaluates just those rows (plus the teacher, which every row is compared with).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
 from search.importance import block_influence, drop_order
-from search.study_config import DataSettings, ModelSettings
+from search.study_config import DataSettings, ModelSettings, load_study_config
 from search.trial_eval import SubsetEvaluator
+from search.warmup import teacher_letter_logits, warm_up_resampler
 from search.world import load_split, load_teacher
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
@@ -40,6 +45,10 @@ def knob_configs(cfg, decoder_order, encoder_order) -> dict[str, CompressionConf
         "1/4 encoder layers dropped": CompressionConfig(
             drop_encoder_layers=tuple(encoder_order[:quarter_enc])
         ),
+        "norm drop 50%": CompressionConfig(keep_tokens_by_norm=cfg.mp_image_token_length // 2),
+        "score prune 50% (warmed up)": CompressionConfig(keep_tokens_by_score=cfg.mp_image_token_length // 2),
+        "merge r=4 per block": CompressionConfig(merge_per_block=4),
+        "merge r=8 per block": CompressionConfig(merge_per_block=8),
     }
 
 
@@ -50,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--n", type=int, default=1000, help="validation questions")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sensitivity.json"))
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="NAME", help="rows to evaluate (names as printed)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -72,11 +84,18 @@ def main(argv: list[str] | None = None) -> None:
             "paired_p": paired_exact_p(only_teacher, only_knob),
         }
 
-    for name, compression in knob_configs(
-        teacher.cfg, drop_order(decoder_scores), drop_order(encoder_scores)
-    ).items():
+    configs = knob_configs(teacher.cfg, drop_order(decoder_scores), drop_order(encoder_scores))
+    unknown = sorted(set(args.only or ()) - set(configs) - {BLANK})
+    if unknown:
+        raise SystemExit(f"--only: unknown row(s) {unknown}; rows: {[*configs, BLANK]}")
+    for name, compression in configs.items():
+        if args.only and name != "teacher" and name not in args.only:
+            continue
         plan = plan_student(teacher.cfg, compression)
+        torch.manual_seed(0)  # a scorer's fresh weights
         student = compress(teacher, compression)
+        if compression.has_fresh_weights:  # as the demo study does before scoring such a trial
+            warm_up(student, plan, teacher, tokenizer)
         score = evaluator.score(student, plan)
         cost = evaluator.cost(student, plan)
         teacher_flops = teacher_flops or cost.flops
@@ -96,11 +115,14 @@ def main(argv: list[str] | None = None) -> None:
                 "compression": compression.to_dict(),
             }
         )
+    if args.only and BLANK not in args.only:
+        _write(rows, args.out, len(val), decoder_scores, encoder_scores)
+        return
     blank = SubsetEvaluator(tokenizer, blank_images(val), EvalConfig(batch_size=100, show_progress=False))
     blank_score = blank.score(teacher, None)
     rows.append(
         {
-            "config": "teacher, blank images",
+            "config": BLANK,
             "accuracy": blank_score.accuracy,
             "ci_low": blank_score.result.interval[0],
             "ci_high": blank_score.result.interval[1],
@@ -113,6 +135,33 @@ def main(argv: list[str] | None = None) -> None:
         }
     )
 
+    _write(rows, args.out, len(val), decoder_scores, encoder_scores)
+
+
+BLANK = "teacher, blank images"
+
+
+def warm_up(student, plan, teacher, tokenizer) -> None:
+    """The demo study's warm-up of fresh weights (its [search] steps, lr and batch, its warm-up questions)."""
+    study = load_study_config("demo")
+    examples = load_split(
+        study.data, study.data.train_split, study.data.warmup_size, seed=study.data.subset_seed + 1
+    )
+    warmup = SubsetEvaluator(tokenizer, examples, EvalConfig(batch_size=100, show_progress=False))
+    logits = teacher_letter_logits(teacher, warmup, study.search.batch_size)
+    s = study.search
+    warm_up_resampler(
+        student,
+        plan,
+        warmup,
+        logits,
+        s.resampler_warmup_steps,
+        s.resampler_warmup_lr,
+        s.resampler_warmup_batch_size,
+    )
+
+
+def _write(rows, out: Path, n: int, decoder_scores, encoder_scores) -> None:
     print(
         f"{'config':<28} {'accuracy':>9} {'95% CI':>15} {'paired p':>9} {'MFLOPs/q':>10} {'vs teacher':>10} "
         f"{'views':>6} {'img tok':>8}"
@@ -122,14 +171,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['config']:<28} {r['accuracy']:>9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['paired_p']:>9.2g} "
             f"{r['mflops_per_question']:>10.1f} {r['flops_vs_teacher']:>10.2f} {r['views']:>6.1f} {r['image_tokens']:>8.1f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
-            {
-                "n": len(val),
-                "rows": rows,
-                "block_influence": {"decoder": decoder_scores, "encoder": encoder_scores},
-            },
+            {"n": n, "rows": rows, "block_influence": {"decoder": decoder_scores, "encoder": encoder_scores}},
             indent=2,
         )
     )
