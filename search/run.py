@@ -71,10 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(_run, build_parser(), argv, log_format="%(asctime)s %(name)s %(message)s")
+    return run(_run_guarded, build_parser(), argv, log_format="%(asctime)s %(name)s %(message)s")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_guarded(args: argparse.Namespace) -> int:
+    """`_run`, where Ctrl-C or SIGTERM re-queues the trial it cuts short and ends in one line (exit 130/143)."""
+    from search.interrupt import InterruptGuard
+
+    guard = InterruptGuard()
+    with guard.signals(verbose=args.verbose):
+        try:
+            return _run(args, guard)
+        except KeyboardInterrupt as err:
+            return guard.stop(err)
+
+
+def _run(args: argparse.Namespace, guard=None) -> int:
     import optuna
     from tqdm.auto import tqdm
 
@@ -96,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_study_config(args.study)
     target = args.trials if args.trials is not None else config.search.trials
     study = open_study(config, args.storage)
+    if guard is not None:
+        guard.study = study
     try:
         context = SearchContext(config, study)
     except WorldUnavailable as err:
@@ -149,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
             _fail_stale_trials(study)
             continue
         study.optimize(
-            Objective(context),
+            guard.track(Objective(context)) if guard is not None else Objective(context),
             n_trials=target - done - running,
             timeout=remaining,
             # The target check last: the shorter the gap between counting and the next trial's start, the
@@ -163,6 +177,17 @@ def _run(args: argparse.Namespace) -> int:
             logger.error("more trials failed than the %d asked for; stopping: see the failures above", target)
             break
     progress.close()
+
+    new_failures = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))[failed_before:]
+    if count_finished(study) == 0 and new_failures:
+        first = new_failures[0]
+        logger.error(
+            "no trial finished: the %d trial(s) run failed, the first (#%d) with %s; fix that and run again",
+            len(new_failures),
+            first.number,
+            first.user_attrs.get("fail_reason", "an error (see --verbose)"),
+        )
+        return 1
 
     best = best_feasible(study)
     logger.info("study %s: %d finished trials", config.name, count_finished(study))
