@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
+from search.claims import measure_once
 from search.importance import block_influence, drop_order
 from search.space import check_space, suggest_compression
 from search.study_config import StudyConfig
@@ -62,32 +63,44 @@ class SearchContext:
 
     # ----- study-level facts, measured once and stored in the study --------------------------------------
     def _baseline(self, study: optuna.Study) -> Baseline:
-        cached = study.user_attrs.get("baseline")
-        if cached and cached.get("n") == len(self.subset.examples):
-            return Baseline(**cached)
-        logger.info(
-            "measuring the teacher's accuracy X on %d validation questions", len(self.subset.examples)
+        n = len(self.subset.examples)
+
+        def measure() -> dict:
+            logger.info("measuring the teacher's accuracy X on %d validation questions", n)
+            plan = plan_student(self.teacher.cfg, _identity())
+            score = self.subset.score(self.teacher, plan)
+            low, high = score.result.interval
+            cost = self.subset.cost(self.teacher, plan)
+            study.set_user_attr("flop_convention", CONVENTION)
+            study.set_user_attr("study_config", self.config.to_dict())
+            return Baseline(score.accuracy, low, high, score.result.n, cost.flops / 1e9).as_attr
+
+        # One worker measures, however many start on a fresh study together (search.claims).
+        value = measure_once(
+            study,
+            "baseline",
+            measure,
+            f"the teacher's X on {n} questions",
+            lambda v: v.get("n") == n,
+            **self._claim_timing,
         )
-        plan = plan_student(self.teacher.cfg, _identity())
-        score = self.subset.score(self.teacher, plan)
-        low, high = score.result.interval
-        cost = self.subset.cost(self.teacher, plan)
-        baseline = Baseline(score.accuracy, low, high, score.result.n, cost.flops / 1e9)
-        study.set_user_attr("baseline", baseline.as_attr)
-        study.set_user_attr("flop_convention", CONVENTION)
-        study.set_user_attr("study_config", self.config.to_dict())
-        return baseline
+        return Baseline(**value)
 
     def _layer_orders(self, study: optuna.Study) -> tuple[list[int], list[int]]:
-        cached = study.user_attrs.get("block_importance")
-        if cached is None:
+        def measure() -> dict:
             calibration = load_split(
                 self.config.data, self.config.data.train_split, self.config.data.calibration_size
             )
             decoder, encoder = block_influence(self.teacher, self.tokenizer, calibration)
-            cached = {"decoder": decoder, "encoder": encoder}
-            study.set_user_attr("block_importance", cached)
+            return {"decoder": decoder, "encoder": encoder}
+
+        cached = measure_once(study, "block_importance", measure, "the layer ranking", **self._claim_timing)
         return drop_order(cached["decoder"]), drop_order(cached["encoder"])
+
+    @property
+    def _claim_timing(self) -> dict:
+        search = self.config.search
+        return {"heartbeat_interval": search.heartbeat_interval, "grace_period": search.grace_period}
 
     # ----- resampler warm-up data, loaded on first use ----------------------------------------------------
     def warmup_data(self) -> tuple[SubsetEvaluator, torch.Tensor]:
