@@ -64,7 +64,7 @@ def resolve_trial(
             raise FinalizeError(
                 f"study {study.study_name!r} has no promoted trials yet; run more search trials"
             )
-        number = min(promoted, key=lambda r: (r["gflops"], -r["accuracy"]))["trial"]
+        number = min(promoted, key=lambda r: (r.get("cost", r["gflops"]), -r["accuracy"]))["trial"]
     else:
         try:
             number = int(which)

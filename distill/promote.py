@@ -66,11 +66,18 @@ def promoted_trials(study: optuna.Study, ratio: float, margin: float) -> list[di
         if t.values[1] >= threshold - margin and t.values[0] < cheapest_feasible:
             chosen[t.number] = "near-threshold"
     by_number = {t.number: t for t in complete}
+    # "cost" is objective 0 (GFLOPs, or latency relative to the teacher in a `cost = "latency"` study).
     rows = [
-        {"trial": n, "why": why, "gflops": by_number[n].values[0], "accuracy": by_number[n].values[1]}
+        {
+            "trial": n,
+            "why": why,
+            "gflops": by_number[n].user_attrs.get("gflops", by_number[n].values[0]),
+            "cost": by_number[n].values[0],
+            "accuracy": by_number[n].values[1],
+        }
         for n, why in chosen.items()
     ]
-    return sorted(rows, key=lambda r: (r["gflops"], -r["accuracy"]))
+    return sorted(rows, key=lambda r: (r["cost"], -r["accuracy"]))
 
 
 def record_promotion(study: optuna.Study, ratio: float, margin: float) -> list[dict]:

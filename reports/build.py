@@ -122,8 +122,16 @@ def display_summary(summary: pd.DataFrame) -> pd.DataFrame:
             ],
             "DA accuracy": [_fmt(v, ".3f") for v in summary["da_accuracy"]],
             "measured speed-up": [_times(v) for v in summary["speedup_x"]],
+            **_latency_column(summary),
         }
     )
+
+
+def _latency_column(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """A latency study's objective (latency relative to the teacher), when the trials carry it."""
+    if "latency_ratio" not in frame or frame["latency_ratio"].isna().all():
+        return {}
+    return {"latency vs teacher (search)": [_times(v) for v in frame["latency_ratio"]]}
 
 
 def _times(value) -> str:
@@ -200,6 +208,7 @@ def display_trials(trials: pd.DataFrame) -> pd.DataFrame:
             "accuracy [interval]": [
                 _with_interval(*v) for v in zip(trials["accuracy"], trials["ci_low"], trials["ci_high"])
             ],
+            **_latency_column(trials),
             "feasible": ["yes" if v else "" for v in trials["feasible"]],
             "questions": [_fmt(v, ".0f") for v in trials["samples_evaluated"]],
             "stopped early": ["yes" if v else "" for v in trials["stopped_early"]],
@@ -227,6 +236,17 @@ def settings_items(data: ReportData) -> list[str]:
         f"promotion margin {search.get('promotion_margin', '?')}.",
         "Trials: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items()) + ".",
     ]
+    if facts.latency_cost:
+        items.insert(
+            4,
+            "Cost objective: measured latency (objective "
+            f"{facts.objective!r}): each trial's MCQ latency at batch 1 divided by the teacher's, both timed "
+            f"in the searching process, median of {search.get('latency_repeats', '?')} paired rounds over "
+            f"{search.get('latency_questions', '?')} subset questions after {search.get('latency_warmup', '?')} "
+            "warm-up pass(es); GFLOPs are recorded beside it.",
+        )
+    else:
+        items.insert(4, f"Cost objective: counted FLOPs (objective {facts.objective!r}).")
     if space:
         items.append("Search space: " + "; ".join(f"{k} {v}" for k, v in space.items()) + ".")
     return items
@@ -260,6 +280,8 @@ def render_page(data: ReportData) -> str:
     facts, esc = data.facts, html.escape
     corr, imp = data.correlation, data.importances
     reference = hypervolume_reference(facts)
+    unit = "latency ratio" if facts.latency_cost else "GFLOPs"
+    hypervolume = figures.hypervolume_figure(data.hypervolume, reference, unit)
     settings = "".join(f"<li>{esc(item)}</li>" for item in settings_items(data))
     imp_notes = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in imp.notes.items())
     sections = [
@@ -267,7 +289,7 @@ def render_page(data: ReportData) -> str:
         f"<section id='settings'><h2>Settings</h2><ul>{settings}</ul>"
         f"<p><b>FLOP counting convention:</b> {esc(facts.convention)} FLOPs are per question, averaged over "
         "the evaluated questions.</p></section>",
-        "<section id='pareto'><h2>FLOPs vs accuracy</h2>"
+        f"<section id='pareto'><h2>{esc(figures.cost_title(facts)).capitalize()} vs accuracy</h2>"
         "<p class='note'>Every finished trial; the constrained Pareto front is drawn over feasible trials "
         f"only. Green arrows go from a finalized trial's search result to its distilled result.</p>"
         f"{_figure_html(figures.pareto_figure(data), 'pareto')}</section>",
@@ -292,7 +314,7 @@ def render_page(data: ReportData) -> str:
         f"{f'<ul>{imp_notes}</ul>' if imp_notes else ''}"
         f"{_figure_html(figures.importance_figure(imp), 'importances')}</section>",
         "<section id='hypervolume'><h2>Search progress</h2>"
-        f"{_figure_html(figures.hypervolume_figure(data.hypervolume, reference), 'hypervolume')}</section>",
+        f"{_figure_html(hypervolume, 'hypervolume')}</section>",
         f"<section id='trials'><h2>All trials</h2><details><summary>{len(data.trials)} trials</summary>"
         f"{_table_html(display_trials(data.trials))}</details></section>",
     ]

@@ -28,6 +28,7 @@ from search.study_config import SearchSettings
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("gflops_per_question", "accuracy")
+LATENCY_OBJECTIVE = "latency_vs_teacher"  # objective 0 of a `[search] cost = "latency"` study
 # Hypervolume reference point: 1.1 x the teacher's FLOPs (so a front holding only the teacher still has
 # area) and accuracy 0.
 HYPERVOLUME_FLOPS_MARGIN = 1.1
@@ -47,10 +48,27 @@ class StudyFacts(NamedTuple):
     gflops: float  # the teacher's GFLOPs per question
     convention: str  # how FLOPs are counted (study user attribute "flop_convention")
     settings: dict  # the study config the search ran with (study user attribute "study_config")
+    objective: str = OBJECTIVES[0]  # the study's first metric: "gflops_per_question" or "latency_vs_teacher"
 
     @property
     def threshold(self) -> float:
         return self.ratio * self.accuracy
+
+    @property
+    def latency_cost(self) -> bool:
+        """The study minimised measured latency relative to the teacher (`[search] cost = "latency"`)."""
+        return self.objective == LATENCY_OBJECTIVE
+
+    @property
+    def teacher_cost(self) -> float:
+        """The teacher's value of objective 0: its GFLOPs, or 1 (its latency relative to itself)."""
+        return 1.0 if self.latency_cost else self.gflops
+
+    @property
+    def cost_label(self) -> str:
+        if self.latency_cost:
+            return "latency relative to the teacher (measured on the search machine, MCQ at batch 1)"
+        return "GFLOPs per question"
 
 
 class Arrow(NamedTuple):
@@ -111,6 +129,7 @@ def study_facts(study: optuna.Study, ratio: float | None = None) -> StudyFacts:
         gflops=baseline["gflops"],
         convention=study.user_attrs.get("flop_convention", "not recorded"),
         settings=settings,
+        objective=(study.metric_names or OBJECTIVES)[0],
     )
 
 
@@ -148,12 +167,16 @@ def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         done = t.state == TrialState.COMPLETE and t.values is not None
-        gflops, accuracy = (float(t.values[0]), float(t.values[1])) if done else (math.nan, math.nan)
+        cost, accuracy = (float(t.values[0]), float(t.values[1])) if done else (math.nan, math.nan)
+        # Objective 0 is the cost; in a latency study the GFLOPs are the user attribute "gflops".
+        gflops = float(attrs.get("gflops", math.nan)) if facts.latency_cost and done else cost
         row = {
             "number": t.number,
             "state": t.state.name,
             "gflops": gflops,
             "accuracy": accuracy,
+            "cost": cost,
+            "latency_ratio": attrs.get("latency_ratio", math.nan),
             "feasible": done and facts.threshold - accuracy <= 0,
             "reference": attrs.get(REFERENCE_ATTR, ""),
             "config": config_label(t.params),
@@ -179,6 +202,8 @@ _TRIAL_COLUMNS = [
     "state",
     "gflops",
     "accuracy",
+    "cost",  # objective 0: GFLOPs, or latency relative to the teacher
+    "latency_ratio",  # measured latency / the teacher's (latency studies)
     "feasible",
     "reference",
     "config",
@@ -229,9 +254,11 @@ _FINALIZED_COLUMNS = [
     "trial",
     "config",
     "posthoc_gflops",
+    "posthoc_cost",
     "posthoc_accuracy",
     "posthoc_full_accuracy",
     "distilled_gflops",
+    "distilled_cost",
     "distilled_accuracy",
     "distilled_ci_low",
     "distilled_ci_high",
@@ -255,6 +282,7 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per `finalized:<N>` record: the trial's post-hoc numbers beside its distilled ones."""
     by_number = trials.set_index("number")
     teacher_gflops = study.user_attrs["baseline"]["gflops"]
+    latency = (study.metric_names or OBJECTIVES)[0] == LATENCY_OBJECTIVE
     rows = []
     for key, record in study.user_attrs.items():
         if not key.startswith(FINALIZED_PREFIX):
@@ -264,14 +292,18 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
             logger.warning("%s names no complete trial of the study; left out", key)
             continue
         trial = by_number.loc[number]
+        speed = _speed_columns(record.get("speed") or {})
         rows.append(
             {
                 "trial": number,
                 "config": trial["config"],
                 "posthoc_gflops": trial["gflops"],
+                "posthoc_cost": trial["cost"],
                 "posthoc_accuracy": trial["accuracy"],
                 "posthoc_full_accuracy": _number(record.get("posthoc_full_accuracy")),
                 "distilled_gflops": record["gflops"],
+                # A latency study's distilled point: the latency ratio finalize measured (1 / speed-up).
+                "distilled_cost": 1 / speed["speedup_x"] if latency else record["gflops"],
                 "distilled_accuracy": record["mcq_accuracy"],
                 "distilled_ci_low": _number(record.get("ci_low")),
                 "distilled_ci_high": _number(record.get("ci_high")),
@@ -282,7 +314,7 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
                 "distilled_reduction_pct": 100
                 * (1 - record["gflops"] / record.get("teacher_gflops", teacher_gflops)),
                 "keeps_constraint": record.get("keeps_constraint"),
-                **_speed_columns(record.get("speed") or {}),
+                **speed,
             }
         )
     frame = pd.DataFrame(rows, columns=_FINALIZED_COLUMNS)
@@ -343,16 +375,20 @@ def speed_frame(finalized: pd.DataFrame) -> pd.DataFrame:
 
 
 def arrows(finalized: pd.DataFrame) -> list[Arrow]:
-    """Post-hoc point (the trial's GFLOPs and subset accuracy) -> distilled point (full-validation MCQ)."""
+    """Post-hoc point (the trial's cost and subset accuracy) -> distilled point (full-validation MCQ).
+
+    The cost is objective 0: GFLOPs, or in a latency study the latency ratio (a finalized trial without a
+    measured speed has no distilled point on that axis, hence no arrow)."""
     return [
         Arrow(
             int(r.trial),
-            float(r.posthoc_gflops),
+            float(r.posthoc_cost),
             float(r.posthoc_accuracy),
-            float(r.distilled_gflops),
+            float(r.distilled_cost),
             float(r.distilled_accuracy),
         )
         for r in finalized.itertuples()
+        if not math.isnan(float(r.distilled_cost))
     ]
 
 
@@ -366,6 +402,7 @@ def summary_table(trials: pd.DataFrame, front: pd.DataFrame, finalized: pd.DataF
         "config",
         "gflops",
         "reduction_pct",
+        "latency_ratio",
         "accuracy",
         "ci_low",
         "ci_high",
@@ -397,8 +434,8 @@ def _role(on_front: bool, finalized: bool) -> str:
 
 # ----- search progress ----------------------------------------------------------------------------------------
 def hypervolume_reference(facts: StudyFacts) -> tuple[float, float]:
-    """(GFLOPs, accuracy) the hypervolume is measured from."""
-    return facts.gflops * HYPERVOLUME_FLOPS_MARGIN, 0.0
+    """(cost, accuracy) the hypervolume is measured from: cost = GFLOPs, or latency relative to the teacher."""
+    return facts.teacher_cost * HYPERVOLUME_FLOPS_MARGIN, 0.0
 
 
 def hypervolume_2d(points: Iterable[tuple[float, float]], reference: tuple[float, float]) -> float:
@@ -424,7 +461,7 @@ def hypervolume_curve(trials: pd.DataFrame, reference: tuple[float, float]) -> p
     rows = []
     for number in sorted(trials["number"]):
         upto = feasible[feasible["number"] <= number]
-        volume = hypervolume_2d(zip(upto["gflops"], upto["accuracy"]), reference)
+        volume = hypervolume_2d(zip(upto["cost"], upto["accuracy"]), reference)
         rows.append(
             {
                 "number": number,

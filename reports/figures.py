@@ -20,9 +20,23 @@ NOT_FINISHED = "#7f7f7f"
 TEMPLATE = "plotly_white"
 
 _TRIAL_HOVER = (
-    "trial %{customdata[0]}<br>%{customdata[1]}<br>%{x:.4g} GFLOPs/question"
+    "trial %{customdata[0]}<br>%{customdata[1]}<br>%{x:.4g} UNIT"
     "<br>accuracy %{y:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}]<extra></extra>"
 )
+
+
+def cost_unit(facts: StudyFacts) -> str:
+    """How objective 0's values read in hover text: GFLOPs, or a latency ratio to the teacher."""
+    return "x the teacher's latency" if facts.latency_cost else "GFLOPs/question"
+
+
+def cost_title(facts: StudyFacts) -> str:
+    """The cost objective in a heading: "FLOPs" or "Measured latency"."""
+    return "measured latency (relative to the teacher)" if facts.latency_cost else "FLOPs"
+
+
+def _hover(facts: StudyFacts) -> str:
+    return _TRIAL_HOVER.replace("UNIT", cost_unit(facts))
 
 
 def _trial_data(frame: pd.DataFrame) -> np.ndarray:
@@ -34,35 +48,36 @@ def threshold_label(facts: StudyFacts) -> str:
 
 
 def pareto_figure(data: ReportData) -> go.Figure:
-    """GFLOPs per question (log) vs accuracy: trials, constrained front, teacher, 0.85·X, references, arrows."""
+    """Cost (log: GFLOPs per question, or measured latency relative to the teacher) vs accuracy: trials,
+    constrained front, teacher, 0.85·X, references, arrows."""
     facts, trials = data.facts, data.trials
     complete = trials[trials["state"] == "COMPLETE"]
     fig = go.Figure()
     for feasible, name, colour in ((False, "infeasible", INFEASIBLE), (True, "feasible", FEASIBLE)):
         part = complete[complete["feasible"] == feasible]
         fig.add_scatter(
-            x=part["gflops"],
+            x=part["cost"],
             y=part["accuracy"],
             mode="markers",
             name=f"{name} ({len(part)})",
             marker={"color": colour, "size": 7, "opacity": 0.75, "line": {"width": 0}},
             customdata=_trial_data(part),
-            hovertemplate=_TRIAL_HOVER,
+            hovertemplate=_hover(facts),
         )
     front = data.front
     fig.add_scatter(
-        x=front["gflops"],
+        x=front["cost"],
         y=front["accuracy"],
         mode="lines+markers",
         line={"color": FRONT, "width": 2, "shape": "hv"},  # the attainment staircase between front points
         marker={"color": FRONT, "size": 9},
         name=f"constrained Pareto front ({len(front)})",
         customdata=_trial_data(front),
-        hovertemplate=_TRIAL_HOVER,
+        hovertemplate=_hover(facts),
     )
-    refs = complete[complete["reference"] != ""].sort_values("gflops")
+    refs = complete[complete["reference"] != ""].sort_values("cost")
     fig.add_scatter(
-        x=refs["gflops"],
+        x=refs["cost"],
         y=refs["accuracy"],
         mode="markers+text",
         text=refs["reference"],
@@ -72,10 +87,10 @@ def pareto_figure(data: ReportData) -> go.Figure:
         marker={"symbol": "circle-open", "size": 13, "color": "black", "line": {"width": 1.5}},
         name="reference configs",
         customdata=_trial_data(refs),
-        hovertemplate=_TRIAL_HOVER,
+        hovertemplate=_hover(facts),
     )
     fig.add_scatter(
-        x=[facts.gflops],
+        x=[facts.teacher_cost],
         y=[facts.accuracy],
         mode="markers",
         marker={"symbol": "star", "size": 18, "color": "black"},
@@ -87,14 +102,14 @@ def pareto_figure(data: ReportData) -> go.Figure:
         },
         name=f"teacher X = {facts.accuracy:.3f}",
         hovertemplate=(
-            f"teacher<br>%{{x:.4g}} GFLOPs/question<br>X = %{{y:.3f}} "
+            f"teacher<br>%{{x:.4g}} {cost_unit(facts)}<br>X = %{{y:.3f}} "
             f"[{facts.ci_low:.3f}, {facts.ci_high:.3f}] on {facts.n} questions<extra></extra>"
         ),
     )
     finalized = data.finalized
     if len(finalized):
         fig.add_scatter(
-            x=finalized["distilled_gflops"],
+            x=finalized["distilled_cost"],
             y=finalized["distilled_accuracy"],
             mode="markers",
             marker={"symbol": "diamond", "size": 11, "color": DISTILLED},
@@ -103,7 +118,7 @@ def pareto_figure(data: ReportData) -> go.Figure:
                 ["trial", "config", "distilled_ci_low", "distilled_ci_high", "posthoc_accuracy"]
             ].to_numpy(dtype=object),
             hovertemplate=(
-                "trial %{customdata[0]} distilled<br>%{customdata[1]}<br>%{x:.4g} GFLOPs/question"
+                f"trial %{{customdata[0]}} distilled<br>%{{customdata[1]}}<br>%{{x:.4g}} {cost_unit(facts)}"
                 "<br>MCQ %{y:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}] on full validation"
                 "<br>post-hoc %{customdata[4]:.3f}<extra></extra>"
             ),
@@ -140,8 +155,8 @@ def pareto_figure(data: ReportData) -> go.Figure:
     )
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": f"Study {facts.name}: FLOPs vs accuracy<br><sup>{subtitle}</sup>"},
-        xaxis={"type": "log", "title": "GFLOPs per question (log scale)"},
+        title={"text": f"Study {facts.name}: {cost_title(facts)} vs accuracy<br><sup>{subtitle}</sup>"},
+        xaxis={"type": "log", "title": f"{facts.cost_label} (log scale)"},
         yaxis={"title": f"accuracy (search subset, {facts.n} questions)"},
         legend={"orientation": "v", "x": 1.01, "y": 1},
         height=620,
@@ -260,7 +275,9 @@ def importance_figure(imp: Importances) -> go.Figure | None:
     return fig
 
 
-def hypervolume_figure(curve: pd.DataFrame, reference: tuple[float, float]) -> go.Figure:
+def hypervolume_figure(
+    curve: pd.DataFrame, reference: tuple[float, float], unit: str = "GFLOPs"
+) -> go.Figure:
     """Hypervolume of the feasible front after each trial."""
     fig = go.Figure()
     fig.add_scatter(
@@ -279,11 +296,11 @@ def hypervolume_figure(curve: pd.DataFrame, reference: tuple[float, float]) -> g
         template=TEMPLATE,
         title=(
             "Hypervolume of the feasible front by trial number"
-            f"<br><sup>area dominated up to the reference point ({reference[0]:.4g} GFLOPs, "
+            f"<br><sup>area dominated up to the reference point ({reference[0]:.4g} {unit}, "
             f"accuracy {reference[1]:g})</sup>"
         ),
         xaxis_title="trial number",
-        yaxis_title="hypervolume (GFLOPs x accuracy)",
+        yaxis_title=f"hypervolume ({unit} x accuracy)",
         height=380,
     )
     return fig

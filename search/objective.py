@@ -1,5 +1,8 @@
 """The objective: trial -> CompressionConfig -> student -> (GFLOPs per question, proxy accuracy).
 
+With `[search] cost = "latency"` the first value is instead the student's measured MCQ latency relative to
+the teacher's, both timed in this process (GFLOPs are still recorded as the user attribute `gflops`).
+
 Study-level facts are measured once and cached in the study's user attributes, so every worker and every
 resumed run reads the same values: the teacher's accuracy X on the validation subset, its FLOPs, and the
 block-importance ranking. The objective itself keeps no state between trials beyond memoisation caches.
@@ -29,6 +32,13 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVE_NAMES = ["gflops_per_question", "accuracy"]
 CONSTRAINT_ATTR = "constraint"  # [ratio * X - accuracy]: feasible when <= 0 (also given to the sampler)
+# [search] cost = "latency": measured MCQ latency at batch 1 divided by the teacher's, timed in the same process.
+LATENCY_OBJECTIVE_NAMES = ["latency_vs_teacher", "accuracy"]
+
+
+def objective_names(cost: str) -> list[str]:
+    """The study's metric names for a `[search] cost` setting ("flops" or "latency")."""
+    return LATENCY_OBJECTIVE_NAMES if cost == "latency" else OBJECTIVE_NAMES
 
 
 @dataclass
@@ -169,6 +179,7 @@ class Objective:
                 trial.set_user_attr("resampler_warmup_loss", loss)
             threshold = ctx.promotion_threshold if search.early_stop else None
             score = ctx.subset.score(student, plan, threshold, search.early_stop_min_samples)
+            timing = self._latency(student) if search.cost == "latency" else None
         except Exception as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             raise
@@ -190,7 +201,33 @@ class Objective:
             "seconds": time.time() - start,
             CONSTRAINT_ATTR: [ctx.threshold - score.accuracy],
         }
+        if timing is not None:
+            attrs.update(
+                latency_ratio=timing["ratio"],
+                latency_ratio_spread=[timing["ratio_min"], timing["ratio_max"]],
+                latency_ratio_iqr=timing["ratio_iqr"],
+                latency_s=timing["latency_s"],
+                teacher_latency_s=timing["reference_latency_s"],
+                speedup=1 / timing["ratio"],
+            )
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         trial.set_constraint("accuracy_floor", ctx.threshold - score.accuracy)  # feasible when <= 0
-        return gflops, score.accuracy
+        return (gflops if timing is None else timing["ratio"]), score.accuracy
+
+    def _latency(self, student) -> dict:
+        """The student's MCQ latency relative to the teacher's, both timed now (vlm.bench.relative_latency)
+        on the subset's first questions: a ratio stays comparable across workers, machines and load."""
+        from vlm.bench import relative_latency
+
+        ctx, search = self.context, self.context.config.search
+        k = search.latency_questions
+        return relative_latency(
+            student,
+            ctx.teacher,
+            ctx.subset.encodings(student)[:k],
+            ctx.subset.encodings(ctx.teacher)[:k],
+            ctx.tokenizer.pad_token_id,
+            search.latency_warmup,
+            search.latency_repeats,
+        )

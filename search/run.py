@@ -29,9 +29,12 @@ WAIT_POLL_SECONDS = 2.0
 def _describe(trial: optuna.trial.FrozenTrial | None) -> str:
     if trial is None:
         return "none yet"
+    attrs = trial.user_attrs
+    # In a latency study (objective 0 = latency relative to the teacher) the GFLOPs are a user attribute.
+    latency = f", latency {attrs['latency_ratio']:.3g}x the teacher's" if "latency_ratio" in attrs else ""
     return (
-        f"#{trial.number} {trial.values[0]:.4g} GFLOPs ({trial.user_attrs.get('reduction_pct', 0):.1f}% fewer), "
-        f"acc {trial.values[1]:.3f}"
+        f"#{trial.number} {attrs.get('gflops', trial.values[0]):.4g} GFLOPs ({attrs.get('reduction_pct', 0):.1f}% "
+        f"fewer){latency}, acc {trial.values[1]:.3f}"
     )
 
 

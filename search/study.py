@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from search.references import reference_params
 from search.storage import open_storage
 from search.study_config import SearchSettings, StudyConfig
+from vlm.cli import UsageError
 from vlm.config import VLMConfig
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,18 @@ def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.St
         sampler=make_sampler(config.search),
         load_if_exists=True,
     )
-    from search.objective import OBJECTIVE_NAMES  # here: the objective pulls in torch, readers need neither
+    from search.objective import objective_names  # here: the objective pulls in torch, readers need neither
 
-    if study.metric_names != OBJECTIVE_NAMES:
+    names = objective_names(config.search.cost)
+    if study.metric_names != names:
+        if study.metric_names and study.get_trials(deepcopy=False, states=FINISHED):
+            raise UsageError(
+                f"study {config.name!r} was searched with objectives {study.metric_names}, but [search] cost = "
+                f"{config.search.cost!r} means {names}: use a new study name for the other cost"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(OBJECTIVE_NAMES)
+            study.set_metric_names(names)
     return study
 
 

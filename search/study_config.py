@@ -104,8 +104,19 @@ class SearchSettings:
     heartbeat_interval: int = 10  # seconds; a worker silent for grace_period is declared dead
     grace_period: int = 30
     references: bool = True  # enqueue the teacher and the hand-picked configs first
+    # The cost objective: "flops" (counted GFLOPs per question) or "latency" (MCQ latency at batch 1 measured
+    # on the search machine, relative to the teacher timed alongside in the same process; FLOPs are still
+    # recorded as a user attribute). A study keeps the cost it was created with.
+    cost: str = "flops"
+    latency_questions: int = 8  # subset questions each trial's latency is timed on
+    latency_warmup: int = 1  # untimed passes of student and teacher first
+    latency_repeats: int = 5  # timed rounds (teacher and student alternately); the median ratio is kept
 
     def __post_init__(self) -> None:
+        if self.cost not in ("flops", "latency"):
+            raise ValueError(f"cost must be 'flops' or 'latency', got {self.cost!r}")
+        if self.latency_questions < 1 or self.latency_repeats < 1 or self.latency_warmup < 0:
+            raise ValueError("latency_questions and latency_repeats must be >= 1, latency_warmup >= 0")
         if not 0 < self.constraint_ratio <= 1:
             raise ValueError(f"constraint_ratio must be in (0, 1], got {self.constraint_ratio}")
         if self.sampler not in ("tpe", "nsga2", "random"):

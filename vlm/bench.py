@@ -609,6 +609,73 @@ def compare_speed(
     return out
 
 
+# ----- latency as a search objective -------------------------------------------------------------------------------
+def relative_latency(
+    model: VisionLanguageModel,
+    reference: VisionLanguageModel,
+    model_prompts: Sequence[Encoded],
+    reference_prompts: Sequence[Encoded],
+    pad_id: int,
+    warmup: int = 1,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """MCQ latency of `model` relative to `reference` (e.g. the teacher), both timed now in this process.
+
+    Each round times one pass of each model over its prompts (one question at a time, batch 1, as a user
+    asks them), the two in alternating order, and takes the ratio of the pair; the result is the median
+    of the rounds' ratios. Pairing makes the ratio robust to a machine whose speed drifts (other jobs,
+    clocks): both passes of a round see about the same machine.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if len(model_prompts) != len(reference_prompts) or not model_prompts:
+        raise ValueError("time both models on the same, non-empty list of questions")
+    runs = []
+    for net, prompts in ((model, model_prompts), (reference, reference_prompts)):
+        param = next(net.parameters())
+        batches = [_to(e, pad_id, param.device, param.dtype) for e in prompts]
+        net.eval()
+        runs.append(
+            (
+                [
+                    (
+                        lambda net=net, b=b: net(
+                            b["input_ids"], b["images"], b["attention_mask"], logits_to_keep=1
+                        )
+                    )
+                    for b in batches
+                ],
+                param.device,
+            )
+        )
+
+    def one_pass(fns, device) -> float:
+        return sum(time_calls(fns, 0, 1, device))
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fns, device in runs:
+                one_pass(fns, device)
+        pairs = []
+        for round_ in range(repeats):
+            order = (0, 1) if round_ % 2 == 0 else (1, 0)
+            seconds = {i: one_pass(*runs[i]) for i in order}
+            pairs.append((seconds[0], seconds[1]))
+    n = len(model_prompts)
+    ratios = [m / r for m, r in pairs]
+    spread = summarize(ratios)
+    return {
+        "ratio": spread["median_s"],
+        "ratio_min": spread["min_s"],
+        "ratio_max": spread["max_s"],
+        "ratio_iqr": [spread["q1_s"], spread["q3_s"]],
+        "latency_s": statistics.median(m for m, _ in pairs) / n,
+        "reference_latency_s": statistics.median(r for _, r in pairs) / n,
+        "questions": n,
+        "rounds": repeats,
+    }
+
+
 # ----- context --------------------------------------------------------------------------------------------------
 def _loadavg() -> list[float] | None:
     try:
