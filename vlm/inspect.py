@@ -338,6 +338,14 @@ def load_model(source: str, tokenizer_source: str | None = None, seed: int = 0):
         from vlm.demo.teacher import SHIPPED_TEACHER
 
         source = str(SHIPPED_TEACHER)
+    elif not Path(source).exists():
+        from vlm.hub import hub_reachable
+
+        if not hub_reachable():
+            raise FileNotFoundError(
+                f"--model {source!r} is not a local folder and the Hugging Face hub cannot be reached; offline, "
+                "use `--model demo` (the demo teacher) or `--model default` (nanoVLM's config, random weights)"
+            )
     model = load_pretrained(source)
     local = Path(source) / TOKENIZER_DIR
     tokenizer = load_tokenizer(
@@ -484,7 +492,7 @@ def run_logit_lens(args) -> dict:
         for index, cell in enumerate(lens.cells[0].tolist()):
             row, col = divmod(cell, lens.grid_side)
             words = ", ".join(
-                f"{token_label(tokenizer, int(t))} {float(p):.2f}"
+                f"{token_label(tokenizer, int(t))} {float(p):.2g}"
                 for t, p in zip(lens.ids[layer][index], lens.probs[layer][index])
             )
             print(f"  ({row},{col}) {words}")

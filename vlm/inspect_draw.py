@@ -107,7 +107,10 @@ class AttentionFigureData:
     question_labels: tuple[str, ...]
     panels: tuple[ViewPanel, ...]
     crop_grid: tuple[int, int]
-    vmax: float
+    vmax: float  # colour scale of single question tokens (the matrix, the small maps)
+    mean_vmax: (
+        float  # colour scale of the mean over the question's tokens (one token's peak would wash it out)
+    )
 
 
 def attention_figure_data(
@@ -137,8 +140,9 @@ def attention_figure_data(
         )
     labels = tuple(f"{i}: {prompt.labels[i]}" for i in prompt.question_positions)
     vmax = max(float(p.per_token.max()) for p in panels)
+    mean_vmax = max(float(p.per_token.mean(0).max()) for p in panels)
     title = f"{model_name} · decoder block {amap.layer}, head {amap.head} · question -> image tokens"
-    return AttentionFigureData(title, labels, tuple(panels), prompt.grid, vmax)
+    return AttentionFigureData(title, labels, tuple(panels), prompt.grid, vmax, mean_vmax)
 
 
 def attention_png(data: AttentionFigureData, path: Path) -> Path:
@@ -176,10 +180,13 @@ def attention_png(data: AttentionFigureData, path: Path) -> Path:
     # The view, and beside it the attention on its token grid (mean over the question's tokens).
     y = 36
     canvas.paste(_scaled(global_panel.image, view_size), (12, y))
-    canvas.paste(heat_image(mean[0], data.vmax, view_size), (12 + view_size + 16, y))
+    canvas.paste(heat_image(mean[0], data.mean_vmax, view_size), (12 + view_size + 16, y))
     draw.text((12, y + view_size + 4), "global view", fill="black", font=small)
     draw.text(
-        (12 + view_size + 16, y + view_size + 4), "mean over the question's tokens", fill="black", font=small
+        (12 + view_size + 16, y + view_size + 4),
+        f"mean over the question's tokens (colour 0 .. {data.mean_vmax:.3g})",
+        fill="black",
+        font=small,
     )
     y += view_size + 26
     if crops:
@@ -189,7 +196,7 @@ def attention_png(data: AttentionFigureData, path: Path) -> Path:
             r, c = panel.crop_cell
             at_x, at_y = 12 + c * (crop_size + gap), y + r * (crop_size + gap)
             canvas.paste(_scaled(panel.image, crop_size), (at_x, at_y))
-            canvas.paste(heat_image(grid, data.vmax, crop_size), (at_x + mosaic_w + 16, at_y))
+            canvas.paste(heat_image(grid, data.mean_vmax, crop_size), (at_x + mosaic_w + 16, at_y))
         draw.text((12, y + view_size + 4), "crops", fill="black", font=small)
         draw.text((12 + mosaic_w + 16, y + view_size + 4), "their token grids", fill="black", font=small)
         y += view_size + 26
@@ -219,14 +226,20 @@ def attention_png(data: AttentionFigureData, path: Path) -> Path:
     _colour_bar(draw, x0, y, 160, data.vmax, small)
     y += 34
 
-    draw.text((12, y), "global view, one map per question token", fill="black", font=small)
+    global_vmax = float(global_panel.per_token.max())
+    draw.text(
+        (12, y),
+        f"global view, one map per question token (colour 0 .. {global_vmax:.3g})",
+        fill="black",
+        font=small,
+    )
     y += 16
     for i, label in enumerate(data.question_labels):
         r, c = divmod(i, per_row)
         x = 12 + c * (small_size + 16)
         yy = y + r * (small_size + 34)
         draw.text((x, yy), _fit(draw, label, small_size + 12, small), fill="black", font=small)
-        canvas.paste(heat_image(global_panel.on_grid[i], data.vmax, small_size), (x, yy + 16))
+        canvas.paste(heat_image(global_panel.on_grid[i], global_vmax, small_size), (x, yy + 16))
     return _save_png(canvas, path)
 
 
@@ -268,7 +281,11 @@ def attention_html(data: AttentionFigureData, path: Path) -> Path:
         horizontal_spacing=0.02,
     )
     heat = dict(
-        colorscale="Viridis", zmin=0, zmax=data.vmax, showscale=False, hovertemplate="%{z:.4f}<extra></extra>"
+        colorscale="Viridis",
+        zmin=0,
+        zmax=data.mean_vmax,
+        showscale=False,
+        hovertemplate="%{z:.4f}<extra></extra>",
     )
     overlay_traces = []
     for panel in data.panels:
@@ -301,22 +318,20 @@ def attention_html(data: AttentionFigureData, path: Path) -> Path:
     fig.update_yaxes(autorange="reversed", row=len(specs), col=1)
     fig.update_xaxes(title_text="image token (view, grid row, grid column)", row=len(specs), col=1)
 
-    def z_of(choice: int | None) -> list:
-        out = []
-        for panel in data.panels:
-            grid = torch.nanmean(panel.on_grid, dim=0) if choice is None else panel.on_grid[choice]
-            out.append([[None if math.isnan(v) else v for v in r] for r in grid.tolist()])
-        return out
+    def restyle(choice: int | None) -> dict:
+        """The overlays' values and shared colour scale for the mean (None) or one question token."""
+        grids = [
+            torch.nanmean(p.on_grid, dim=0) if choice is None else p.on_grid[choice] for p in data.panels
+        ]
+        top = max(float(g.nan_to_num(0.0).max()) for g in grids)
+        z = [[[None if math.isnan(v) else v for v in r] for r in g.tolist()] for g in grids]
+        return {"z": z, "zmax": [top] * len(grids)}
 
     buttons = [
-        {
-            "label": "mean over question tokens",
-            "method": "restyle",
-            "args": [{"z": z_of(None)}, overlay_traces],
-        }
+        {"label": "mean over question tokens", "method": "restyle", "args": [restyle(None), overlay_traces]}
     ]
     buttons += [
-        {"label": label, "method": "restyle", "args": [{"z": z_of(i)}, overlay_traces]}
+        {"label": label, "method": "restyle", "args": [restyle(i), overlay_traces]}
         for i, label in enumerate(data.question_labels)
     ]
     fig.update_layout(
@@ -365,7 +380,7 @@ def lens_figure_data(
             ids, ps = lens.ids[layer][index].tolist(), lens.probs[layer][index].tolist()
             w[r][c] = token_label(tokenizer, ids[0])
             pr[r, c] = ps[0]
-            li[r][c] = "<br>".join(f"{token_label(tokenizer, t)} {p:.3f}" for t, p in zip(ids, ps))
+            li[r][c] = "<br>".join(f"{token_label(tokenizer, t)} {p:.3g}" for t, p in zip(ids, ps))
         words[layer], probs[layer], lists[layer] = w, pr, li
     title = f"{model_name} · logit lens on the global view's image tokens (top-1 token, its probability)"
     return LensFigureData(title, view_image(prompt, 0), tuple(lens.ids), lens.n_blocks, words, probs, lists)
@@ -402,7 +417,7 @@ def lens_png(data: LensFigureData, path: Path) -> Path:
                 if not word:
                     continue
                 word = _fit(box_draw, word, cell - 8, word_font)
-                prob = f"{float(data.probs[layer][r, c]):.2f}"
+                prob = f"{float(data.probs[layer][r, c]):.2g}"
                 x, y = c * cell + 3, r * cell + 3
                 right = x + max(
                     box_draw.textlength(word, font=word_font), box_draw.textlength(prob, font=prob_font)
