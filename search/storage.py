@@ -116,23 +116,30 @@ def open_storage(
         if sqlite
         else {"pool_pre_ping": True}
     )
+    notice = _BusyNotice(shown) if sqlite and read_only else None
     for attempt in range(attempts):
         try:
             # Heartbeats are "experimental" in optuna, and have been since v2.8.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-                )
+                if notice is not None:
+                    notice.begin()  # opening reads the schema: it waits for a lock like any read
+                try:
+                    storage = RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                    )
+                finally:
+                    if notice is not None:
+                        notice.end()
             if sqlite:
                 event.listen(storage.engine, "begin", _begin_deferred if read_only else _begin_immediate)
                 event.listen(storage.engine, "connect", _sqlite_pragmas)
-                if read_only:
-                    _BusyNotice(storage.engine, shown).install()
+                if notice is not None:
+                    notice.attach(storage.engine)
             return storage
         except (IntegrityError, OperationalError) as err:
             # Workers started together on a fresh database race to create its schema: optuna stamps the
@@ -163,14 +170,14 @@ class _BusyNotice:
         self.shown = shown
         self.started: float | None = None
         self.lock = threading.Lock()
-
-    def install(self) -> None:
-        event.listen(self.engine, "begin", self._begin)
-        event.listen(self.engine, "commit", self._end)
-        event.listen(self.engine, "rollback", self._end)
         threading.Thread(target=self._watch, daemon=True, name="sqlite-busy-notice").start()
 
-    def _begin(self, _connection) -> None:
+    def attach(self, engine) -> None:
+        event.listen(engine, "begin", self.begin)
+        event.listen(engine, "commit", self.end)
+        event.listen(engine, "rollback", self.end)
+
+    def begin(self, _connection=None) -> None:
         with self.lock:
             self.started = time.monotonic()
 

@@ -16,11 +16,17 @@ from vlm.cli import UsageError
 from vlm.paths import studies_dir
 
 DEMO = "demo"  # the source/teacher value that means "the offline demo world"
+# A study named <name>-dryrun is a dry run (`python -m search.dryrun`): random teacher, generated data.
+DRY_RUN_SUFFIX = "-dryrun"
 TOKEN_REDUCERS = ("none", "norm_drop", "score_prune", "merge")  # choices of [space] reducers
 
 
 class StudyConfigError(UsageError, ValueError):
     """A study config that cannot be used: the message names the file, the [section] and the key."""
+
+
+class StudyNotFound(UsageError, FileNotFoundError):
+    """No `studies/<name>.toml` (the message lists the available studies)."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +254,7 @@ def load_study_config(name_or_path: str) -> StudyConfig:
     path = study_config_path(name_or_path)
     if not path.is_file():
         available = sorted(p.stem for p in studies_dir().glob("*.toml"))
-        raise FileNotFoundError(f"no study config {path}; available studies: {available}")
+        raise StudyNotFound(f"no study config {path}; available studies: {available}")
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
