@@ -165,8 +165,7 @@ class _BusyNotice:
     SQLite's busy wait is silent, and a reader of a study that several workers write to once sat silent for
     minutes."""
 
-    def __init__(self, engine, shown: str):
-        self.engine = engine
+    def __init__(self, shown: str):
         self.shown = shown
         self.started: float | None = None
         self.lock = threading.Lock()
@@ -181,7 +180,7 @@ class _BusyNotice:
         with self.lock:
             self.started = time.monotonic()
 
-    def _end(self, _connection) -> None:
+    def end(self, _connection=None) -> None:
         with self.lock:
             self.started = None
 
