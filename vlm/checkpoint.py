@@ -49,6 +49,9 @@ class CheckpointError(UsageError, ValueError):
 class DiskFullError(UsageError, OSError):
     """Not enough free space where a model or checkpoint is written: the message says where and how much."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno 28]" prefix
+
 
 _MB = 1 << 20
 
