@@ -439,22 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args) -> tuple[VisionLanguageModel, object, InspectPrompt, Image.Image]:
-    model, tokenizer = load_model(args.model, args.tokenizer, args.seed)
-    if args.compression:
-        from vlm.compression import compress
-        from vlm.config import CompressionConfig
+def _prepare(args) -> tuple[VisionLanguageModel, object, InspectPrompt]:
+    from vlm.compression import compress
+    from vlm.config import CompressionConfig
 
-        model = compress(model, CompressionConfig.from_json(args.compression)).eval()
+    # Cheap checks first: building nanoVLM's 460M model takes a minute.
     image = load_image(args.image, args.seed)
-    prompt = prepare_prompt(model, tokenizer, image, args.question, args.choices)
-    return model, tokenizer, prompt, image
+    compression = CompressionConfig.from_json(args.compression) if args.compression else None
+    model, tokenizer = load_model(args.model, args.tokenizer, args.seed)
+    if compression is not None:
+        model = compress(model, compression).eval()
+    return model, tokenizer, prepare_prompt(model, tokenizer, image, args.question, args.choices)
 
 
 def run_attention(args) -> dict:
     from vlm import inspect_draw
 
-    model, _, prompt, image = _prepare(args)
+    model, _, prompt = _prepare(args)
     amap = attention_map(model, prompt, args.layer, args.head)
     views = list(range(prompt.images.shape[0])) if args.all_views else [0]
     data = inspect_draw.attention_figure_data(amap, prompt, views, model_name=args.model)
@@ -480,7 +481,7 @@ def run_attention(args) -> dict:
 def run_logit_lens(args) -> dict:
     from vlm import inspect_draw
 
-    model, tokenizer, prompt, image = _prepare(args)
+    model, tokenizer, prompt = _prepare(args)
     lens = logit_lens(model, prompt, args.layers, args.top_k, positions=prompt.image_positions[0])
     data = inspect_draw.lens_figure_data(lens, tokenizer, prompt, model_name=args.model)
     out = args.out or _default_out()
@@ -501,7 +502,7 @@ def run_logit_lens(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     try:
         summary = run_attention(args) if args.command == "attention" else run_logit_lens(args)
     except (ValueError, FileNotFoundError, OSError) as exc:
