@@ -143,6 +143,8 @@ def test_cli_on_the_demo_teacher(tmp_path, capsys):
         assert png.width > 500 and png.height > 500
     html = (tmp_path / "logit_lens_layers2-4.html").read_text()
     assert "plotly" in html and "after 4 of 4 decoder blocks" in html
+    page = (tmp_path / "attention_layer3_head1_all_views.html").read_text()
+    assert "mean over question tokens" in page and "199: purple" in page  # the token picker
 
 
 def test_cli_names_bad_input(tmp_path):
