@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from distill.finalizer import FINALIZED_PREFIX
 from distill.promote import first_of_each_config, pareto_front
 from search.space import PARAMS
-from search.study import REFERENCE_ATTR
+from search.study import REFERENCE_ATTR, is_feasible
 from search.study_config import SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class StudyFacts(NamedTuple):
     """Study-level numbers the report states: the teacher's subset accuracy X and FLOPs, the constraint."""
 
     name: str
-    ratio: float  # feasible means accuracy >= ratio * X
+    ratio: float  # feasible means accuracy >= ratio * X (the search's own ratio unless a what-if is asked)
     accuracy: float  # X, the teacher's accuracy on the search subset
     ci_low: float
     ci_high: float
@@ -49,6 +49,12 @@ class StudyFacts(NamedTuple):
     convention: str  # how FLOPs are counted (study user attribute "flop_convention")
     settings: dict  # the study config the search ran with (study user attribute "study_config")
     objective: str = OBJECTIVES[0]  # the study's first metric: "gflops_per_question" or "latency_vs_teacher"
+    search_ratio: float | None = None  # the ratio the search ran with (None: same as `ratio`)
+
+    @property
+    def what_if(self) -> bool:
+        """The report re-draws feasibility at another ratio than the search used (labelled as such)."""
+        return self.search_ratio is not None and abs(self.ratio - self.search_ratio) > 1e-12
 
     @property
     def threshold(self) -> float:
@@ -82,11 +88,13 @@ class Arrow(NamedTuple):
 
 
 class RankCorrelation(NamedTuple):
-    """Spearman's rho between post-hoc and distilled accuracy over the finalized trials."""
+    """Spearman's rho between post-hoc and distilled accuracy over the finalized trials, with a 95% interval."""
 
-    rho: float | None  # None when it cannot be computed (see note)
+    rho: float | None  # None when it cannot be computed or is not shown (see note)
     n: int
     note: str
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 class Importances(NamedTuple):
@@ -117,8 +125,11 @@ def study_facts(study: optuna.Study, ratio: float | None = None) -> StudyFacts:
     if not baseline:
         raise ValueError(f"study {study.study_name!r} has no baseline yet: run search.run first")
     settings = study.user_attrs.get("study_config") or {}
+    search_ratio = float(
+        settings.get("search", {}).get("constraint_ratio", SearchSettings().constraint_ratio)
+    )
     if ratio is None:
-        ratio = settings.get("search", {}).get("constraint_ratio", SearchSettings().constraint_ratio)
+        ratio = search_ratio
     return StudyFacts(
         name=study.study_name,
         ratio=float(ratio),
@@ -130,6 +141,7 @@ def study_facts(study: optuna.Study, ratio: float | None = None) -> StudyFacts:
         convention=study.user_attrs.get("flop_convention", "not recorded"),
         settings=settings,
         objective=(study.metric_names or OBJECTIVES)[0],
+        search_ratio=search_ratio,
     )
 
 
@@ -177,7 +189,9 @@ def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
             "accuracy": accuracy,
             "cost": cost,
             "latency_ratio": attrs.get("latency_ratio", math.nan),
-            "feasible": done and facts.threshold - accuracy <= 0,
+            # The search's own verdict (optuna's trial.constraints, as promote and study.best_trials read
+            # it), unless the report was asked for a what-if at another ratio.
+            "feasible": (done and facts.threshold - accuracy <= 0) if facts.what_if else is_feasible(t),
             "reference": attrs.get(REFERENCE_ATTR, ""),
             "config": config_label(t.params),
             "reduction_pct": 100 * (1 - gflops / facts.gflops) if done else math.nan,
@@ -484,15 +498,38 @@ def spearman(x: Iterable[float], y: Iterable[float]) -> float:
     return float(ranks["x"].corr(ranks["y"]))
 
 
-def rank_correlation(finalized: pd.DataFrame, min_n: int = 3) -> RankCorrelation:
-    """How well the search's post-hoc accuracy ranked the trials as distillation did."""
+# Below this many finalized trials a rank correlation is noise (with 3 points, rho = 1 has chance 1/6).
+MIN_CORRELATION_TRIALS = 5
+
+
+def spearman_interval(rho: float, n: int, z_crit: float = 1.959964) -> tuple[float, float]:
+    """95% interval of Spearman's rho by Fisher's z with Bonett & Wright's standard error
+    sqrt(1 + rho^2 / 2) / sqrt(n - 3) (Psychometrika 65, 2000); needs n > 3."""
+    if n <= 3:
+        return -1.0, 1.0
+    z = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12))
+    half = z_crit * math.sqrt(1 + rho * rho / 2) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def rank_correlation(finalized: pd.DataFrame, min_n: int = MIN_CORRELATION_TRIALS) -> RankCorrelation:
+    """How well the search's post-hoc accuracy ranked the trials as distillation did (shown from `min_n`)."""
     n = len(finalized)
     if n < min_n:
-        return RankCorrelation(None, n, f"not enough finalized trials (n = {n}, need {min_n})")
+        return RankCorrelation(
+            None, n, f"not shown: {n} finalized trials, a rank correlation needs at least {min_n}"
+        )
     rho = spearman(finalized["posthoc_accuracy"], finalized["distilled_accuracy"])
     if math.isnan(rho):
         return RankCorrelation(None, n, f"undefined: all post-hoc or all distilled accuracies tie (n = {n})")
-    return RankCorrelation(rho, n, f"Spearman rho = {rho:.2f} over n = {n} finalized trials")
+    low, high = spearman_interval(rho, n)
+    return RankCorrelation(
+        rho,
+        n,
+        f"Spearman rho = {rho:.2f} [95% CI {low:.2f}, {high:.2f}] over n = {n} finalized trials",
+        low,
+        high,
+    )
 
 
 def importances(study: optuna.Study, min_trials: int = MIN_IMPORTANCE_TRIALS) -> Importances:
@@ -535,6 +572,92 @@ def importances(study: optuna.Study, min_trials: int = MIN_IMPORTANCE_TRIALS) ->
     return Importances(frame, f"{method} (top {quantile:.0%})", notes)
 
 
+# ----- the answer ------------------------------------------------------------------------------------------
+class Answer(NamedTuple):
+    """The cheapest config that keeps ratio·X, as one row of numbers (post hoc or after distillation)."""
+
+    trial: int
+    config: str
+    cost: float  # objective 0: GFLOPs per question, or latency relative to the teacher
+    reduction_pct: float  # fewer FLOPs than the teacher, %
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int  # questions the accuracy was measured on
+
+
+class Headline(NamedTuple):
+    posthoc: Answer | None  # the cheapest feasible trial of the search (search subset)
+    distilled: Answer | None  # the cheapest finalized trial that keeps ratio·X (full validation)
+    text: str  # the one-line answer the report opens with
+
+
+def headline(data: ReportData) -> Headline:
+    """The report's one-line answer: the cheapest config keeping ratio·X, post hoc and after distillation."""
+    facts = data.facts
+    posthoc = None
+    if len(data.front):
+        row = data.front.sort_values(["cost", "number"]).iloc[0]
+        posthoc = Answer(
+            int(row["number"]),
+            str(row["config"]),
+            float(row["cost"]),
+            float(row["reduction_pct"]),
+            float(row["accuracy"]),
+            float(row["ci_low"]),
+            float(row["ci_high"]),
+            int(_number(row["samples_evaluated"]))
+            if not math.isnan(_number(row["samples_evaluated"]))
+            else facts.n,
+        )
+    distilled = None
+    # The same line as the plot's: distilled accuracy (full validation) against ratio·X.
+    finalized = data.finalized
+    keeping = finalized[
+        (finalized["distilled_accuracy"] >= facts.threshold) & finalized["distilled_cost"].notna()
+    ]
+    if len(keeping):
+        row = keeping.sort_values(["distilled_cost", "trial"]).iloc[0]
+        distilled = Answer(
+            int(row["trial"]),
+            str(row["config"]),
+            float(row["distilled_cost"]),
+            float(row["distilled_reduction_pct"]),
+            float(row["distilled_accuracy"]),
+            float(row["distilled_ci_low"]),
+            float(row["distilled_ci_high"]),
+            int(row["distilled_n"]) if row["distilled_n"] is not None else 0,
+        )
+    line = f"{facts.ratio:.2f}·X = {facts.threshold:.3f} (X = {facts.accuracy:.3f})"
+    what_if = f" [what-if: the search ran with {facts.search_ratio:.2f}·X]" if facts.what_if else ""
+
+    def cost(answer: Answer) -> str:
+        if facts.latency_cost:
+            return f"{answer.cost:.2f}x the teacher's latency, {answer.reduction_pct:.1f}% fewer FLOPs"
+        return f"{answer.cost:.4g} GFLOPs per question, {answer.reduction_pct:.1f}% fewer than the teacher"
+
+    parts = []
+    if posthoc:
+        parts.append(
+            f"post hoc, trial #{posthoc.trial} ({posthoc.config}): {cost(posthoc)}, accuracy {posthoc.accuracy:.3f} "
+            f"[{posthoc.ci_low:.3f}, {posthoc.ci_high:.3f}] on {posthoc.n} search-subset questions"
+        )
+    else:
+        parts.append("post hoc: no trial keeps it yet")
+    if distilled:
+        parts.append(
+            f"after distillation, trial #{distilled.trial} ({distilled.config}): {cost(distilled)}, accuracy "
+            f"{distilled.accuracy:.3f} [{distilled.ci_low:.3f}, {distilled.ci_high:.3f}] on {distilled.n} "
+            "validation questions"
+        )
+    elif len(data.finalized):
+        parts.append("after distillation: no finalized trial keeps it")
+    else:
+        parts.append("after distillation: nothing finalized yet (python -m distill.finalize)")
+    text = f"Cheapest config keeping {line}{what_if}: " + "; ".join(parts) + "."
+    return Headline(posthoc, distilled, text)
+
+
 # ----- everything -----------------------------------------------------------------------------------------------
 def report_data(study: optuna.Study, ratio: float | None = None) -> ReportData:
     """All the report's data for one study."""
@@ -542,6 +665,8 @@ def report_data(study: optuna.Study, ratio: float | None = None) -> ReportData:
     trials = trials_frame(study, facts)
     front = pareto_frame(study, trials)
     finalized = finalized_frame(study, trials)
+    if len(finalized):  # judged against the same line the plot draws (and the what-if ratio, if asked)
+        finalized["keeps_constraint"] = finalized["distilled_accuracy"] >= facts.threshold
     return ReportData(
         facts=facts,
         trials=trials,

@@ -68,9 +68,13 @@ def pareto_figure(data: ReportData) -> go.Figure:
     fig.add_scatter(
         x=front["cost"],
         y=front["accuracy"],
-        mode="lines+markers",
+        mode="lines+markers+text",
         line={"color": FRONT, "width": 2, "shape": "hv"},  # the attainment staircase between front points
         marker={"color": FRONT, "size": 9},
+        # Trial number and config on the point itself, so the static picture (PNG) names the answers too.
+        text=[f"#{n}: {c}" for n, c in zip(front["number"], front["config"])],
+        textposition="top right",
+        textfont={"size": 10, "color": FRONT},
         name=f"constrained Pareto front ({len(front)})",
         customdata=_trial_data(front),
         hovertemplate=_hover(facts),
@@ -113,7 +117,7 @@ def pareto_figure(data: ReportData) -> go.Figure:
             y=finalized["distilled_accuracy"],
             mode="markers",
             marker={"symbol": "diamond", "size": 11, "color": DISTILLED},
-            name=f"distilled (finalized, {len(finalized)})",
+            name=f"distilled, on all {_questions(finalized)} validation questions ({len(finalized)})",
             customdata=finalized[
                 ["trial", "config", "distilled_ci_low", "distilled_ci_high", "posthoc_accuracy"]
             ].to_numpy(dtype=object),
@@ -157,12 +161,21 @@ def pareto_figure(data: ReportData) -> go.Figure:
         template=TEMPLATE,
         title={"text": f"Study {facts.name}: {cost_title(facts)} vs accuracy<br><sup>{subtitle}</sup>"},
         xaxis={"type": "log", "title": f"{facts.cost_label} (log scale)"},
-        yaxis={"title": f"accuracy (search subset, {facts.n} questions)"},
+        # Two question sets share this axis: say so (the legend names each marker's set).
+        yaxis={
+            "title": f"MCQ accuracy: search trials on the {facts.n}-question subset"
+            + ("; distilled on the full validation split" if len(finalized) else "")
+        },
         legend={"orientation": "v", "x": 1.01, "y": 1},
         height=620,
         margin={"t": 80},
     )
     return fig
+
+
+def _questions(finalized: pd.DataFrame) -> str:
+    counts = sorted({int(n) for n in finalized["distilled_n"].dropna()})
+    return "/".join(f"{n:,}" for n in counts) or "the"
 
 
 def _jitter(values: pd.Series, seed: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
 from reports import data
+from search.study import is_feasible
 from tests.reports.conftest import DECODER_LAYERS, RATIO, TEACHER_GFLOPS, X, make_study
 
 
@@ -162,12 +163,23 @@ def test_spearman_on_hand_data():
 
 
 def test_rank_correlation_of_finalized_trials(report):
-    corr = report.correlation
-    assert (corr.n, corr.rho) == (3, pytest.approx(1.0))  # post-hoc 0.60 < 0.70 < 0.75, distilled too
-    too_few = data.rank_correlation(report.finalized.head(2))
-    assert too_few.rho is None and too_few.n == 2 and "not enough finalized trials" in too_few.note
+    corr = report.correlation  # three finalized trials: too few to show one
+    assert corr.rho is None and corr.n == 3 and "needs at least 5" in corr.note
+    shown = data.rank_correlation(report.finalized, min_n=3)
+    assert shown.rho == pytest.approx(1.0)  # post-hoc 0.60 < 0.70 < 0.75, distilled too
+    assert "95% CI" in shown.note and shown.ci_low <= shown.rho <= shown.ci_high
     tied = report.finalized.assign(distilled_accuracy=0.5)
-    assert data.rank_correlation(tied).rho is None
+    assert data.rank_correlation(tied, min_n=3).rho is None
+
+
+def test_spearman_interval_by_hand():
+    # z = atanh(0.5) = 0.5493, se = sqrt(1 + 0.5^2 / 2) / sqrt(10 - 3) = 0.4009, half-width 1.96 se = 0.7858
+    low, high = data.spearman_interval(0.5, 10)
+    assert (low, high) == (
+        pytest.approx(math.tanh(0.5493 - 0.7858), abs=1e-3),
+        pytest.approx(0.8707, abs=1e-3),
+    )
+    assert data.spearman_interval(0.9, 3) == (-1.0, 1.0)  # undefined below 4 points: the whole range
 
 
 def test_importances_skip_small_studies(report):
@@ -206,3 +218,29 @@ def test_a_study_without_finalized_trials():
     bare = data.report_data(make_study(finalized=False), RATIO)
     assert bare.finalized.empty and list(bare.summary["number"]) == [2, 1, 0]
     assert bare.correlation.rho is None and bare.correlation.n == 0
+
+
+def test_headline_names_the_cheapest_feasible_trial_post_hoc_and_distilled(report):
+    line = data.headline(report)
+    cheapest = report.front.sort_values("gflops").iloc[0]
+    assert line.posthoc.trial == int(cheapest["number"]) and line.posthoc.cost == cheapest["gflops"]
+    keeping = report.finalized[report.finalized["distilled_accuracy"] >= report.facts.threshold]
+    best = keeping.sort_values("distilled_gflops").iloc[0]
+    assert (
+        line.distilled.trial == int(best["trial"]) and line.distilled.accuracy == best["distilled_accuracy"]
+    )
+    assert line.distilled.ci_low <= line.distilled.accuracy <= line.distilled.ci_high
+    assert f"#{line.posthoc.trial}" in line.text and f"#{line.distilled.trial}" in line.text
+    assert "% fewer" in line.text and "what-if" not in line.text
+
+
+def test_a_different_ratio_is_a_labelled_what_if(study):
+    own = data.report_data(study)
+    assert not own.facts.what_if
+    # Feasibility is the search's own verdict (optuna's constraints), the same as promote's.
+    assert set(own.trials.loc[own.trials["feasible"], "number"]) == {
+        t.number for t in study.trials if is_feasible(t)
+    }
+    lower = data.report_data(study, ratio=0.5)
+    assert lower.facts.what_if and "what-if" in data.headline(lower).text
+    assert lower.trials["feasible"].sum() >= own.trials["feasible"].sum()

@@ -76,7 +76,11 @@ def test_page_is_self_contained_and_states_the_settings(out):
     assert "2 FLOPs per multiply-add (test convention)" in page
     assert "accuracy &gt;= 0.85·X = 0.680" in page
     assert "X = 0.800 [0.770, 0.830] on 500 questions" in page
-    assert "Spearman rho = 1.00 over n = 3 finalized trials" in page
+    assert "not shown: 3 finalized trials, a rank correlation needs at least 5" in page
+    # It opens with the answer: the cheapest feasible trial post hoc and after distillation.
+    answer = re.search(r"<p id='answer'[^>]*><b>(.*?)</b></p>", page).group(1)
+    assert answer.startswith("Cheapest config keeping 0.85·X = 0.680") and "post hoc, trial #" in answer
+    assert "after distillation, trial #" in answer and "validation questions" in answer
     assert "skipped: 7 complete trials" in page  # too few for importances: said, not plotted
 
 
@@ -100,7 +104,8 @@ def test_page_renders_in_chromium(out, tmp_path):
     ]
     assert not errors, "\n".join(errors)
     assert "constrained Pareto front (3)" in dom  # the legend, drawn from the data
-    assert "distilled (finalized, 3)" in dom
+    assert "distilled, on all " in dom and "validation questions (3)" in dom
+    assert "#2: " in dom  # front points carry their trial number and config
 
 
 def test_png_flag_renders_the_pareto_plot(world, tmp_path):
@@ -125,4 +130,4 @@ def test_a_study_with_a_baseline_but_no_trials_still_builds(tmp_path):
     out = tmp_path / "out"
     assert main(["--study", str(_study_toml(tmp_path)), "--storage", url, "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
-    assert "not enough finalized trials (n = 0" in page and "skipped: 0 complete trials" in page
+    assert "not shown: 0 finalized trials" in page and "skipped: 0 complete trials" in page
