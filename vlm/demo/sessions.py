@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass
 
 from vlm.config import ImageSpec, VLMConfig
+from vlm.demo.recipe import SessionMix
 from vlm.demo.scenes import (
     ALL_DESCRIPTORS,
     COLORS,
@@ -72,23 +72,6 @@ LOCATION_KIND = "location"
 # Measured over 20,000 scenes, the picked answers are 0-4 with 14 / 21 / 30 / 25 / 10%, close to the
 # dataset's 12.5 / 25 / 25 / 25 / 12.5%; asking whatever the scene supports gave 22 / 32 / 29 / 15 / 3%.
 COUNT_PICK_WEIGHTS: dict[int, float] = {0: 0.3, 1: 0.6, 2: 1.0, 3: 3.0, 4: 8.0}
-
-
-@dataclass(frozen=True)
-class SessionMix:
-    """What one VQA training session asks about its image."""
-
-    turns: int = 8  # questions per session
-    mcq_fraction: float = 0.6  # dataset questions asked as MCQs; the rest as direct answers
-    caption_fraction: float = 0.5  # sessions whose first turn is the caption (`caption_question`)
-    location_fraction: float = 0.15  # turns asking "Where is the X?" (`location_question`)
-
-    def __post_init__(self) -> None:
-        if self.turns < 1:
-            raise ValueError(f"turns must be >= 1, got {self.turns}")
-        for name in ("mcq_fraction", "caption_fraction", "location_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def _ids(tokenizer, text: str) -> list[int]:

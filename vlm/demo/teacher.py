@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,8 +20,9 @@ from tqdm.auto import tqdm
 
 from vlm.checkpoint import save_pretrained
 from vlm.config import VLMConfig
+from vlm.demo.recipe import TeacherTrainConfig
 from vlm.demo.scenes import demo_vocabulary
-from vlm.demo.sessions import SessionMix, letter_mapping_prompt, vqa_session
+from vlm.demo.sessions import letter_mapping_prompt, vqa_session
 from vlm.demo.vision_pretrain import pretrain_vision
 from vlm.model import VisionLanguageModel
 from vlm.supervised import collate_sequences, sequence_loss
@@ -70,26 +70,6 @@ def demo_vlm_config(vocab_size: int) -> VLMConfig:
 
 def build_demo_tokenizer(out_dir: Path | None = None):
     return build_word_tokenizer(demo_vocabulary(), demo_vlm_config(1000), out_dir)
-
-
-@dataclass(frozen=True)
-class TeacherTrainConfig:
-    """Training of the demo teacher: three stages on freshly generated scenes (see `train_teacher`)."""
-
-    vision_steps: int = 2000  # stage 1: dense per-patch pre-training of the ViT (vision_pretrain.py)
-    vision_lr: float = 2e-3
-    letter_steps: int = 400  # stage 2: text-only "Which option is X?" drill (sessions.letter_mapping_prompt)
-    letter_batch_size: int = 32
-    vqa_steps: int = 700  # stage 3: multi-turn VQA sessions, MCQ and direct answers mixed
-    batch_size: int = 16  # sessions (images) per VQA step
-    session: SessionMix = SessionMix()  # what each session asks: turns, MCQ share, captions, locations
-    lr: float = 4e-4  # decoder stages; 1.5e-3 kept a 96-wide decoder from ever learning the letter mapping
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 100
 
 
 def init_for_scratch_training(model: VisionLanguageModel) -> None:

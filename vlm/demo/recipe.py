@@ -1,0 +1,46 @@
+"""The demo teacher's training recipe as data: what each VQA session asks and how each stage trains.
+
+Kept apart from the training code (and its torch import) so `python -m vlm.demo.train_teacher --help` can
+show the defaults at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SessionMix:
+    """What one VQA training session asks about its image."""
+
+    turns: int = 8  # questions per session
+    mcq_fraction: float = 0.6  # dataset questions asked as MCQs; the rest as direct answers
+    caption_fraction: float = 0.5  # sessions whose first turn is the caption (`caption_question`)
+    location_fraction: float = 0.15  # turns asking "Where is the X?" (`location_question`)
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise ValueError(f"turns must be >= 1, got {self.turns}")
+        for name in ("mcq_fraction", "caption_fraction", "location_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Training of the demo teacher: three stages on freshly generated scenes (see `train_teacher`)."""
+
+    vision_steps: int = 2000  # stage 1: dense per-patch pre-training of the ViT (vision_pretrain.py)
+    vision_lr: float = 2e-3
+    letter_steps: int = 400  # stage 2: text-only "Which option is X?" drill (sessions.letter_mapping_prompt)
+    letter_batch_size: int = 32
+    vqa_steps: int = 700  # stage 3: multi-turn VQA sessions, MCQ and direct answers mixed
+    batch_size: int = 16  # sessions (images) per VQA step
+    session: SessionMix = SessionMix()  # what each session asks: turns, MCQ share, captions, locations
+    lr: float = 4e-4  # decoder stages; 1.5e-3 kept a 96-wide decoder from ever learning the letter mapping
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 100
