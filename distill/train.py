@@ -6,6 +6,13 @@ Teacher outputs on the training questions (answer-letter logits of MCQ prompts) 
 on disk, keyed by teacher, data and size, so every finalized trial reuses them.
 Loss: `DistillationLoss` on the MCQ answer letter (KL to the teacher + CE on the gold letter), plus CE on the
 gold direct answer for a share of the steps so the student keeps answering in words.
+
+Several processes (`accelerate launch --num_processes N`): `[distill] batch_size` is the GLOBAL batch. Every
+process draws the same global batch (one seeded sampler), trains on its own shard of it (every N-th question,
+from its rank on) through the DDP-wrapped student, and DDP averages the gradients; each shard's loss is scaled
+by its share of the batch (questions for the letter loss, answer tokens for the direct-answer loss), so a step
+on N processes is the step one process would take on the whole global batch (up to float rounding). Only the
+main process writes checkpoints (every process writes its RNG state into them), all resume from them.
 """
 
 from __future__ import annotations
@@ -17,11 +24,14 @@ import logging
 import math
 import random
 import shutil
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 
 from distill.losses import DistillationLoss
@@ -30,7 +40,7 @@ from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
 from vlm.config import CompressionConfig
 from vlm.data import VQAExample
-from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids, mcq_letter_logits
+from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids
 from vlm.model import VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example
 from vlm.supervised import TrainingSequence, collate_sequences, sequence_loss
@@ -39,6 +49,15 @@ from vlm.tokenizer import IM_END
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+# Under `accelerate launch`, finalize's main process evaluates the student on whole splits while the others
+# wait at a barrier: on the real model that outlasts torch's default process-group timeout (10 min on NCCL).
+PROCESS_GROUP_TIMEOUT = timedelta(hours=12)
+
+
+def distributed_state() -> PartialState:
+    """The process layout (`accelerate launch` or a single process), set up once per process with finalize's
+    device choice and a process-group timeout long enough for the main process's evaluation."""
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
 
 
 class DistillationDiverged(RuntimeError):
@@ -50,6 +69,7 @@ class TrainResult:
     steps: int
     final_loss: float
     resumed_from: int
+    seconds_per_step: float = float("nan")  # mean over the steps run here, checkpoint writes excluded
 
 
 def teacher_cache_path(cache_dir: Path, teacher_id: str, examples: list[VQAExample]) -> Path:
@@ -73,7 +93,12 @@ def teacher_letter_logits_cached(
         logits = torch.load(cache_file, weights_only=True)
         if logits.shape[0] == len(examples):
             return logits
-    logits = all_letter_logits(teacher, tokenizer, examples, batch_size)
+    logger.info(
+        "caching the teacher's answers to %d training questions (once per teacher and split) in %s",
+        len(examples),
+        cache_file,
+    )
+    logits = all_letter_logits(teacher, tokenizer, examples, batch_size, progress="teacher outputs")
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
     torch.save(logits, tmp)
@@ -117,13 +142,28 @@ def _pairs(tokenizer, student: VisionLanguageModel, examples: list[VQAExample]):
     return out
 
 
-def _da_loss(student: VisionLanguageModel, items, pad_id: int, device) -> torch.Tensor:
-    """CE on the gold direct answer, teacher-forced after its prompt."""
+def _da_loss(student, items, pad_id: int, device) -> torch.Tensor:
+    """CE on the gold direct answer, teacher-forced after its prompt (mean over the answer tokens).
+    `student` may be the DDP-wrapped model: only its forward is called."""
     sequences = [
         TrainingSequence(da.input_ids.tolist() + answer, [-100] * len(da.input_ids) + answer, da.images)
         for _, da, answer in items
     ]
     return sequence_loss(student, collate_sequences(sequences, pad_id), device)
+
+
+def _letter_logits(student, batch: dict, letters: list[int], device) -> torch.Tensor:
+    """[B, n_choices] answer-letter logits at the last prompt position, through the model's forward (so a
+    DDP-wrapped student all-reduces its gradients); the same numbers as `vlm.evaluate.mcq_letter_logits`."""
+    logits = student(
+        batch["input_ids"].to(device), batch["images"], batch["attention_mask"].to(device), logits_to_keep=1
+    )  # [B, 1, V]
+    return logits[:, -1, list(letters)].float()
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's share of a global batch: every `world`-th index from `rank` on."""
+    return indices[rank::world]
 
 
 def run_fingerprint(
@@ -178,27 +218,35 @@ def remove_checkpoints(run_dir: Path) -> None:
 def _save_state(
     accelerator: Accelerator, run_dir: Path, step: int, rng_state, fingerprint: dict, state_bytes: int
 ) -> None:
-    """Checkpoint atomically: write to a temp folder, then swap it in.
+    """Checkpoint atomically: write to a temp folder, then swap it in. Called by every process: the main one
+    writes the weights, the optimizer and the trainer state and swaps the folders, each one its RNG state.
 
     At every moment `checkpoint/` or `checkpoint.old/` is complete (`_latest_checkpoint` reads them in that
     order): `checkpoint.old/` is only deleted while `checkpoint/` exists.
     """
     tmp = run_dir / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    # A full disk would otherwise surface as torch's "unexpected pos N vs M", naming nothing.
-    require_free_space(run_dir, state_bytes, "a distillation checkpoint")
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # A full disk would otherwise surface as torch's "unexpected pos N vs M", naming nothing.
+        require_free_space(run_dir, state_bytes, "a distillation checkpoint")
+    accelerator.wait_for_everyone()
     with disk_full_as_error(run_dir, "a distillation checkpoint"):
         accelerator.save_state(str(tmp))
-        (tmp / STATE_FILE).write_text(
-            json.dumps({"step": step, "rng": rng_state, "fingerprint": fingerprint})
-        )
-    final = run_dir / "checkpoint"
-    old = run_dir / "checkpoint.old"
-    if final.exists():
+        accelerator.wait_for_everyone()  # every RNG file is in tmp/ before the trainer state marks it complete
+        if main:
+            (tmp / STATE_FILE).write_text(
+                json.dumps({"step": step, "rng": rng_state, "fingerprint": fingerprint})
+            )
+    if main:
+        final = run_dir / "checkpoint"
+        old = run_dir / "checkpoint.old"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)  # a kill just before this leaves only checkpoint.old/: still a complete checkpoint
         shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)  # a kill just before this leaves only checkpoint.old/: still a complete checkpoint
-    shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -219,12 +267,29 @@ def train_student(
     seed: int = 0,
     da_fraction: float = 0.25,
 ) -> TrainResult:
-    """Distill `student` in place; resumes from `run_dir/checkpoint` if a killed run left one."""
+    """Distill `student` in place; resumes from `run_dir/checkpoint` if a killed run left one.
+
+    Under `accelerate launch` every process calls this with the same arguments (`run_dir` on a file system
+    they all see); `settings.batch_size` is the global batch, split across the processes."""
     # ----- setup ---------------------------------------------------------------------------------------------
     mixed = settings.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        cpu=not torch.cuda.is_available(),
+        # The global batch is split across processes: one scheduler step per optimizer step (without this,
+        # accelerate steps the schedule once per process, as if each process had drawn a whole batch).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)],
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    global_batch = min(settings.batch_size, len(examples))
+    if global_batch < world:
+        raise ValueError(
+            f"[distill] batch_size {settings.batch_size} (the global batch, over {len(examples)} training "
+            f"questions) is smaller than the {world} processes: give every process at least one question"
+        )
     torch.manual_seed(seed)
     letters = letter_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id
@@ -255,56 +320,79 @@ def train_student(
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     loss_fn = DistillationLoss(settings.kd_weight, settings.temperature)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One sampler, seeded alike on every process: all draw the same global batches, each trains on its shard.
     start_step, rng = 0, random.Random(seed)
     checkpoint = _latest_checkpoint(run_dir)
     if checkpoint is not None:
         state = json.loads((checkpoint / STATE_FILE).read_text())
         changed = _differences(state.get("fingerprint"), fingerprint)
         if changed:
-            logger.warning(
-                "not resuming from %s (step %d): it was written for other settings (%s differ); starting over",
-                checkpoint,
-                state["step"],
-                ", ".join(changed[:6]),
-            )
-            remove_checkpoints(run_dir)
+            if accelerator.is_main_process:
+                logger.warning(
+                    "not resuming from %s (step %d): it was written for other settings (%s differ); "
+                    "starting over",
+                    checkpoint,
+                    state["step"],
+                    ", ".join(changed[:6]),
+                )
+            accelerator.wait_for_everyone()  # every process has read the checkpoint before it goes
+            if accelerator.is_main_process:
+                remove_checkpoints(run_dir)
             checkpoint = None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         start_step = state["step"]
         rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
-        logger.info("resuming distillation from step %d (%s)", start_step, checkpoint)
+        if accelerator.is_main_process:
+            logger.info("resuming distillation from step %d (%s)", start_step, checkpoint)
 
     # ----- train ---------------------------------------------------------------------------------------------
     device = accelerator.device
     model = accelerator.unwrap_model(student)
-    model.train()
+    # Forward and backward go through `student` (DDP-wrapped on several processes: gradients all-reduced).
+    student.train()
     loss_value = float("nan")
     progress = tqdm(
-        range(start_step, settings.steps), desc="distill", initial=start_step, total=settings.steps
+        range(start_step, settings.steps),
+        desc="distill",
+        initial=start_step,
+        total=settings.steps,
+        disable=not accelerator.is_local_main_process,
     )
+    step_seconds: list[float] = []
     for step in progress:
-        idx = rng.sample(range(len(items)), min(settings.batch_size, len(items)))
+        step_start = time.perf_counter()
+        idx = rng.sample(range(len(items)), global_batch)
         use_da = rng.random() < da_fraction
+        mine = shard(idx, rank, world)
         with accelerator.autocast():
             if use_da:
-                loss = _da_loss(model, [items[i] for i in idx], pad_id, device)
+                # Mean over this shard's answer tokens, scaled so DDP's average over processes is the mean
+                # over all the global batch's answer tokens.
+                tokens = sum(len(items[i][2]) for i in mine), sum(len(items[i][2]) for i in idx)
+                loss = _da_loss(student, [items[i] for i in mine], pad_id, device)
+                loss = loss * (tokens[0] * world / tokens[1])
             else:
-                batch = collate([items[i][0] for i in idx], pad_id)
-                logits = mcq_letter_logits(model, batch, letters)
-                loss = loss_fn(logits, teacher_logits[idx].to(device), labels[idx].to(device))
-        if not torch.isfinite(loss):
+                batch = collate([items[i][0] for i in mine], pad_id)
+                logits = _letter_logits(student, batch, letters, device)
+                loss = loss_fn(logits, teacher_logits[mine].to(device), labels[mine].to(device))
+                loss = loss * (len(mine) * world / len(idx))  # the same weighting, per question
+        global_loss = accelerator.reduce(
+            loss.detach(), "mean"
+        )  # the whole global batch's loss, on every rank
+        if not torch.isfinite(global_loss):  # every process decides alike, so none waits on the others
             raise DistillationDiverged(
-                f"distillation loss became {loss.item()} at step {step}; lower the learning rate "
+                f"distillation loss became {global_loss.item()} at step {step}; lower the learning rate "
                 f"(lr={settings.lr}) or use mixed_precision='no'. The study is unchanged."
             )
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        accelerator.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())
+        loss_value = float(global_loss)
         progress.set_postfix(loss=f"{loss_value:.3f}")
+        step_seconds.append(time.perf_counter() - step_start)
         done = step + 1
         if done % settings.checkpoint_every == 0 and done < settings.steps:
             state = rng.getstate()
@@ -316,4 +404,5 @@ def train_student(
     # ----- clean up --------------------------------------------------------------------------------------------
     model.eval()
     accelerator.wait_for_everyone()
-    return TrainResult(steps=settings.steps, final_loss=loss_value, resumed_from=start_step)
+    per_step = sum(step_seconds) / len(step_seconds) if step_seconds else float("nan")
+    return TrainResult(settings.steps, loss_value, start_step, per_step)
