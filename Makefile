@@ -11,7 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first (a plain `torch` would pull several GB of CUDA packages).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# postgres: the driver (psycopg 3) for postgresql:// study storages; tests/search/test_postgres.py uses it.
+	$(BIN)/pip install -q -e ".[dev,postgres]"
 	touch $@
 
 demo: setup
