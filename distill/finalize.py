@@ -2,7 +2,8 @@
 
 Distill a promoted trial's student from the full teacher, evaluate it on the whole validation split, save
 it, write test predictions, and record the result in the study (`distill.finalizer` does the work).
-Under `accelerate launch` it runs on every process accelerate starts.
+Under `accelerate launch --num_processes N` every process trains on its shard of each global batch
+(`[distill] batch_size` is the global batch); the main process alone saves, evaluates and records.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from distill.finalizer import FinalizeError, finalize, resolve_trial
-    from distill.train import DistillationDiverged
+    from distill.train import DistillationDiverged, distributed_state
     from search.storage import load_existing_study
     from search.study_config import load_study_config
     from search.world import WorldUnavailable
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
+    main_process = distributed_state().is_main_process
+    if not main_process:  # under `accelerate launch`: the main process speaks for all
+        logging.getLogger().setLevel(logging.WARNING)
     config = load_study_config(args.study)
     study = load_existing_study(config.name, args.storage or config.default_storage)
     try:
@@ -57,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         record = finalize(config, study, trial)
     except (FinalizeError, DistillationDiverged, WorldUnavailable) as err:
         raise UsageError(str(err)) from err
+    if not main_process:
+        return 0
     threshold = config.search.constraint_ratio * study.user_attrs["baseline"]["accuracy"]
     logger.info(
         "trial %d distilled: MCQ %.3f [%.3f, %.3f] on %d validation questions (post hoc %.3f on the search "

@@ -4,6 +4,10 @@ Distill trial N's student from the teacher, evaluate it on the whole validation 
 direct answer), count its FLOPs per question, write test-split predictions in A-OKVQA's leaderboard format,
 save the model (nanoVLM layout + its CompressionConfig) atomically, and record everything in the study
 (user attribute `finalized:<N>`). A killed run resumes from its last training checkpoint.
+
+Under `accelerate launch --num_processes N` every process trains (each on its shard of the global batch, see
+`distill.train`); only the main process saves the model, evaluates, writes predictions and records the result
+in the study, while the others wait for it at a barrier and then return the same record.
 """
 
 from __future__ import annotations
@@ -13,21 +17,25 @@ import logging
 import time
 
 import optuna
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from optuna.trial import TrialState
 
 from distill.promote import promoted_trials, record_promotion
 from distill.train import (
     build_student,
+    distributed_state,
     merge_lora,
     remove_checkpoints,
     teacher_cache_path,
     teacher_letter_logits_cached,
     train_student,
 )
+from search.study import FINALIZED_PREFIX
 from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator
 from search.world import load_split, load_teacher, teacher_path
-from vlm.bench import compare_speed
+from vlm.bench import SHORT, BenchSettings, compare_speed
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
@@ -41,7 +49,6 @@ from vlm.evaluate import (
 
 logger = logging.getLogger(__name__)
 
-FINALIZED_PREFIX = "finalized:"
 SPEED_QUESTIONS = 4  # validation questions the teacher and the student are timed on (vlm.bench.SHORT)
 
 
@@ -56,7 +63,8 @@ def resolve_trial(
     trials = study.get_trials(deepcopy=False)
     promoted = study.user_attrs.get("promoted")
     if promoted is None:  # `promote` has not run: apply its rule (and record it only when it picks the trial)
-        rule = record_promotion if which == "best" else promoted_trials
+        main = distributed_state().is_main_process  # one process writes to the study
+        rule = record_promotion if which == "best" and main else promoted_trials
         promoted = rule(study, config.search.constraint_ratio, config.search.promotion_margin)
     promoted_numbers = [row["trial"] for row in promoted]
     if which == "best":
@@ -96,8 +104,27 @@ def _listing(numbers: list[int]) -> str:
     return ", ".join(str(n) for n in sorted(numbers)) if numbers else "none promoted yet"
 
 
-def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+def _shared_record(state: PartialState, record: dict | None) -> dict:
+    """The main process's record on every process: the others wait here until it has evaluated and saved."""
+    if state.num_processes == 1:
+        return record
+    box = [record]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def finalize(
+    config: StudyConfig,
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    speed_settings: BenchSettings = SHORT,
+    speed_questions: int = SPEED_QUESTIONS,
+) -> dict:
+    """Distill, evaluate, save and record trial `trial` (see the module docstring). `speed_settings` and
+    `speed_questions`: how long the teacher-vs-student timing runs (a dry run on a CPU shortens it)."""
     start = time.time()
+    state = distributed_state()  # before the teacher is loaded: each GPU process on its own device
+    main = state.is_main_process
     settings = config.distill
     compression = CompressionConfig.from_dict(trial.user_attrs["config"])
     run_dir = config.artifacts_dir / "finalize" / f"trial-{trial.number}"
@@ -107,24 +134,30 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
 
     # ----- distill (resumable) ------------------------------------------------------------------------------
     if (model_dir / "vlm_compress.json").is_file():
+        if not main:
+            return _shared_record(state, None)
         logger.info("trial %d already distilled at %s; re-evaluating", trial.number, model_dir)
         student = load_pretrained(model_dir, device=next(teacher.parameters()).device)
         train_info = json.loads((run_dir / "train_result.json").read_text())
     else:
         train = load_split(config.data, config.data.train_split, settings.train_size, seed=0)
         cache = teacher_cache_path(config.artifacts_dir / "cache", teacher_path(config.model), train)
-        teacher_logits = teacher_letter_logits_cached(
-            teacher, tokenizer, train, cache, config.search.batch_size
-        )
+        with state.main_process_first():  # the main process computes and caches them, the others read them
+            teacher_logits = teacher_letter_logits_cached(
+                teacher, tokenizer, train, cache, config.search.batch_size
+            )
         student = build_student(teacher, compression, settings)
         result = train_student(
             student, tokenizer, train, teacher_logits, settings, run_dir, seed=config.search.seed
         )
+        if not main:  # every process holds the same weights now: one saves, evaluates and records them
+            return _shared_record(state, None)
         student = merge_lora(student)
         train_info = {
             "steps": result.steps,
             "final_loss": result.final_loss,
             "resumed_from": result.resumed_from,
+            "seconds_per_step": result.seconds_per_step,
         }
         extras = {
             "compression": compression.to_dict(),
@@ -156,7 +189,7 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
     teacher_cost = evaluator.cost(teacher, plan_student(teacher.cfg, CompressionConfig()))
     baseline = study.user_attrs["baseline"]
     # Measured speed beside the counted FLOPs: teacher and student timed on the same questions and device.
-    speed = compare_speed(student, teacher, tokenizer, val[:SPEED_QUESTIONS], compression)
+    speed = compare_speed(student, teacher, tokenizer, val[:speed_questions], compression, speed_settings)
 
     # ----- test predictions in the leaderboard format ---------------------------------------------------------------
     test = load_split(config.data, "test", None)
@@ -191,4 +224,4 @@ def finalize(config: StudyConfig, study: optuna.Study, trial: optuna.trial.Froze
     }
     study.set_user_attr(f"{FINALIZED_PREFIX}{trial.number}", record)
     write_json_atomic(run_dir / "result.json", record)
-    return record
+    return _shared_record(state, record)
