@@ -134,7 +134,7 @@ class SearchSettings:
 @dataclass(frozen=True)
 class DistillSettings:
     steps: int = 300
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under `accelerate launch` each process trains on its share
     lr: float = 5e-4
     resampler_lr: float = 3e-3
     kd_weight: float = 0.7  # share of the KL term; the rest is cross-entropy on the gold answer
