@@ -19,10 +19,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from distill.finalizer import FINALIZED_PREFIX
 from distill.promote import first_of_each_config, pareto_front
 from search.space import PARAMS
-from search.study import REFERENCE_ATTR, is_feasible
+from search.study import FINALIZED_PREFIX, REFERENCE_ATTR, is_feasible
 from search.study_config import SearchSettings
 
 logger = logging.getLogger(__name__)

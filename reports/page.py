@@ -1,22 +1,20 @@
-"""`python -m reports.build [--study NAME] [--storage URL] [--out DIR] [--png [PATH]]`
+"""The report of a study as files (the library behind `python -m reports.build`).
 
-Writes the report of a study to `<out>/index.html` (default out: `reports/<study name>` under the project
-root): one self-contained page, plotly.js inline so it opens offline. Beside it, every table of the page as
-CSV (raw numbers) and Markdown (as shown): `summary` (constrained Pareto set + finalized trials), `finalized`,
-`importances`, `trials` (all of them), and `hypervolume.csv`. `--png` also renders the Pareto plot to a PNG
-with headless Chromium (`apt-get install -y chromium`).
+`build_report` writes `<out>/index.html`: one self-contained page, plotly.js inline so it opens offline.
+Beside it, every table of the page as CSV (raw numbers) and Markdown (as shown): `summary` (constrained
+Pareto set + finalized trials), `finalized`, `speed`, `importances`, `trials` (all of them), and
+`hypervolume.csv`. `render_pareto_png` renders the Pareto plot to a PNG with headless Chromium
+(`apt-get install -y chromium`).
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
 import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +27,9 @@ import plotly.offline
 from reports import figures
 from reports.data import ReportData, headline, hypervolume_reference, report_data, state_counts
 from search.storage import load_existing_study
-from search.study_config import DRY_RUN_SUFFIX, StudyConfig, load_study_config
-from vlm.paths import reports_dir
+from search.study_config import DRY_RUN_SUFFIX, StudyConfig
 
-logger = logging.getLogger("reports.build")
+logger = logging.getLogger(__name__)
 
 # Headless Chromium, quiet and offline: no first-run work, no background fetches, no QUIC; the virtual time
 # budget lets the page's scripts run (and plotly draw) before the DOM is dumped or the screenshot taken.
@@ -408,45 +405,12 @@ def build_report(data: ReportData, out_dir: Path) -> list[Path]:
     return written
 
 
-def load_report_data(config: StudyConfig, storage_url: str | None) -> ReportData:
+def load_report_data(
+    config: StudyConfig, storage_url: str | None, what_if_ratio: float | None = None
+) -> ReportData:
+    """The study's report data; feasibility is the search's own unless `what_if_ratio` asks for another."""
     study = load_existing_study(config.name, storage_url or config.default_storage, read_only=True)
-    data = report_data(study, config.search.constraint_ratio)
+    data = report_data(study, what_if_ratio)
     if not data.facts.settings:  # a study from before "study_config" was recorded: the TOML is all we have
         data = data._replace(facts=data.facts._replace(settings=config.to_dict()))
     return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the HTML/CSV/Markdown report of a study.")
-    parser.add_argument("--study", default="aokvqa", help="study name (studies/<name>.toml) or a .toml path")
-    parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default sqlite:///studies/<name>.db)"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/<name>)")
-    parser.add_argument(
-        "--png",
-        nargs="?",
-        const="",
-        default=None,
-        help="also render the Pareto plot to PNG (default <out>/pareto.png) with headless Chromium",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    config = load_study_config(args.study)
-    out_dir = args.out or reports_dir() / config.name
-    try:
-        data = load_report_data(config, args.storage)
-    except ValueError as err:  # no baseline yet: the search has not started
-        logger.error("%s", err)
-        return 2
-    build_report(data, out_dir)
-    logger.info("report: %s", (out_dir / "index.html").resolve())
-    if args.png is not None:
-        png = render_pareto_png(data, Path(args.png) if args.png else out_dir / "pareto.png")
-        logger.info("Pareto plot: %s", png)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import optuna
 
 from search.study_config import SpaceSettings, StudyConfigError
-from vlm.config import CompressionConfig, VLMConfig
-from vlm.processing import MAX_CROP_GRID
+from vlm.config import MAX_CROP_GRID, CompressionConfig, VLMConfig
 
 PARAMS = ("token_grid", "view_size", "max_grid_side", "n_drop_decoder", "n_drop_encoder", "resampler_width")
 # Sampled only when [space] reducers lists more than "none"; keep_fraction / merge_r only for their reducer.

@@ -18,6 +18,7 @@ from vlm.config import VLMConfig
 logger = logging.getLogger(__name__)
 
 REFERENCE_ATTR = "reference"
+FINALIZED_PREFIX = "finalized:"  # study user attribute "finalized:<N>": distill.finalize's record of trial N
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

@@ -20,7 +20,16 @@ _EXPORTS = {
     "save_pretrained": "vlm.checkpoint",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CompressionConfig",
+    "ImageSpec",
+    "VLMConfig",
+    "VisionLanguageModel",
+    "compress",
+    "load_pretrained",
+    "plan_student",
+    "save_pretrained",
+]
 
 if TYPE_CHECKING:
     from vlm.checkpoint import load_pretrained, save_pretrained

@@ -19,6 +19,9 @@ CHAT_TEMPLATE = (
 )
 
 
+MAX_CROP_GRID = 8  # nanoVLM defines crop tags <row_i_col_j> for i, j in 1..8
+
+
 def default_extra_tokens() -> dict[str, str]:
     """nanoVLM's 66 extra special tokens: image token, global-image token, and an 8x8 grid of crop tags."""
     tokens = {"image_token": "<|image|>", "global_image_token": "<|global_image|>"}

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlm.config import ImageSpec, VLMConfig
+from vlm.config import MAX_CROP_GRID, ImageSpec, VLMConfig
 from vlm.geometry import resized_size
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 DA_INSTRUCTION = "Answer the question using a single word or phrase."
 CHOICE_LETTERS = ("A", "B", "C", "D")
-MAX_CROP_GRID = 8  # nanoVLM defines crop tags <row_i_col_j> for i, j in 1..8
 
 
 # ---------------------------------------------------------------------------------------------- images

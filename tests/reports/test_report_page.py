@@ -12,7 +12,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from reports.build import chromium_binary, chromium_command, main
+from reports.build import main
+from reports.page import chromium_binary, chromium_command
 from tests.reports.conftest import NAME, RATIO, make_study
 
 TABLES = ("summary", "finalized", "importances", "trials")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from reports import data, figures
-from reports.build import display_finalized, display_speed, display_summary, main
+from reports.build import main
+from reports.page import display_finalized, display_speed, display_summary
 from tests.reports.conftest import NAME, RATIO, make_study
 
 # trial -> (teacher latency s, student latency s, teacher GFLOPs, student GFLOPs) on the timed questions
