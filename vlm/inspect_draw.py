@@ -256,13 +256,26 @@ def _image_and_overlay(
     z = [[None if math.isnan(v) else v for v in r] for r in grid.tolist()]
     fig.add_trace(go.Heatmap(z=z, x=centres, y=centres, opacity=0.6, **heat), row=row, col=col)
     fig.update_xaxes(visible=False, row=row, col=col)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=None, row=row, col=col)
+    # Square pixels: the y axis keeps the x axis's scale.
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=fig.data[-1].xaxis, row=row, col=col)
 
 
 def attention_html(data: AttentionFigureData, path: Path) -> Path:
     """Interactive page: the views with a selectable question token's attention, and the token matrix."""
-    import plotly.graph_objects as go
+    return _write_html(attention_figure(data), path)
+
+
+def _write_html(fig, path: Path) -> Path:
     import plotly.io as pio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pio.to_html(fig, full_html=True, include_plotlyjs=_PLOTLY_JS))
+    return path
+
+
+def attention_figure(data: AttentionFigureData):
+    """The plotly figure of `attention_html`."""
+    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     rows, cols = data.crop_grid
@@ -341,9 +354,7 @@ def attention_html(data: AttentionFigureData, path: Path) -> Path:
         updatemenus=[{"buttons": buttons, "x": 0.0, "y": 1.08, "xanchor": "left", "showactive": True}],
         margin={"t": 110},
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(pio.to_html(fig, full_html=True, include_plotlyjs=_PLOTLY_JS))
-    return path
+    return fig
 
 
 # ----- logit lens -------------------------------------------------------------------------------------
@@ -436,8 +447,12 @@ def lens_png(data: LensFigureData, path: Path) -> Path:
 
 def lens_html(data: LensFigureData, path: Path) -> Path:
     """Interactive page: per depth, the global view with each cell's top-1 word; hover lists the top k."""
+    return _write_html(lens_figure(data), path)
+
+
+def lens_figure(data: LensFigureData):
+    """The plotly figure of `lens_html`."""
     import plotly.graph_objects as go
-    import plotly.io as pio
     from plotly.subplots import make_subplots
 
     side = len(next(iter(data.words.values())))
@@ -474,8 +489,6 @@ def lens_html(data: LensFigureData, path: Path) -> Path:
             col=i,
         )
         fig.update_xaxes(visible=False, row=1, col=i)
-        fig.update_yaxes(visible=False, autorange="reversed", row=1, col=i)
+        fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=fig.data[-1].xaxis, row=1, col=i)
     fig.update_layout(title=data.title, height=540, width=max(700, 460 * len(data.layers)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(pio.to_html(fig, full_html=True, include_plotlyjs=_PLOTLY_JS))
-    return path
+    return fig
