@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from distill.finalizer import FinalizeError, finalize, resolve_trial
-    from distill.train import DistillationDiverged, distributed_state
+    from distill.train import DistillationDiverged, DistillSettingsError, distributed_state
     from search.storage import load_existing_study
     from search.study_config import load_study_config
     from search.world import WorldUnavailable
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         trial = resolve_trial(study, config, args.trial, allow_unpromoted=args.allow_unpromoted)
         record = finalize(config, study, trial)
-    except (FinalizeError, DistillationDiverged, WorldUnavailable) as err:
+    except (FinalizeError, DistillationDiverged, DistillSettingsError, WorldUnavailable) as err:
         raise UsageError(str(err)) from err
     if not main_process:
         return 0

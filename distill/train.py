@@ -64,6 +64,10 @@ class DistillationDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class DistillSettingsError(ValueError):
+    """Distillation settings that cannot run as launched (e.g. fewer questions per batch than processes)."""
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -286,7 +290,7 @@ def train_student(
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = min(settings.batch_size, len(examples))
     if global_batch < world:
-        raise ValueError(
+        raise DistillSettingsError(
             f"[distill] batch_size {settings.batch_size} (the global batch, over {len(examples)} training "
             f"questions) is smaller than the {world} processes: give every process at least one question"
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import distill.train
-from distill.train import build_student, train_student
+from distill.train import DistillSettingsError, build_student, train_student
 from search.study_config import DataSettings, DistillSettings, ModelSettings
 from search.world import load_split, load_teacher
 from vlm.config import CompressionConfig
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--crash-after-checkpoint", action="store_true")
+    parser.add_argument("--too-small", action="store_true", help="first try a global batch of 1 question")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", 0))
@@ -112,6 +113,16 @@ def main() -> None:
             os._exit(17)  # a kill: no exception handling, no process-group shutdown
 
         distill.train._save_state = save_then_die
+    if args.too_small:  # fewer questions than processes: refused on every process, before any step
+        (args.out / "too-small").mkdir(parents=True, exist_ok=True)
+        settings = dataclasses.replace(BASE, batch_size=1)
+        student = build_student(teacher, CompressionConfig(token_grid=4), settings)
+        try:
+            train_student(student, tokenizer, examples, logits, settings, args.out / "too-small" / "run")
+            message = "trained"
+        except DistillSettingsError as err:
+            message = str(err)
+        (args.out / "too-small" / f"rank{rank}.txt").write_text(message)
     for name in args.cases.split(","):
         train_case(name, teacher, tokenizer, examples, logits, args.out, seed=100 + rank)
 

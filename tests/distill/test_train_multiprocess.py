@@ -49,7 +49,7 @@ def launched(world, teacher_logits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     logits = world.root / "cache" / "teacher.pt"  # written by the teacher_logits fixture
     assert logits.is_file()
-    first = _launch(world, logits, out, ",".join(CASES), "--crash-after-checkpoint")
+    first = _launch(world, logits, out, ",".join(CASES), "--too-small", "--crash-after-checkpoint")
     assert first.returncode != 0, "the `resume` case should have been killed"
     assert (out / "resume" / "run" / "checkpoint" / STATE_FILE).is_file(), first.stderr[-3000:]
     assert json.loads((out / "resume" / "run" / "checkpoint" / STATE_FILE).read_text())["step"] == 2
@@ -103,3 +103,10 @@ def test_two_processes_match_one_process_on_the_global_batches(
             # This process's shard only (every 2nd question from its rank on): the other shard's gradient
             # reached it through the all-reduce, or it could not match the one-process run.
             assert questions == len(range(rank, batch, 2)), (kind, questions)
+
+
+def test_a_global_batch_smaller_than_the_processes_is_refused_on_every_process(launched):
+    for rank in (0, 1):
+        message = (launched / "too-small" / f"rank{rank}.txt").read_text()
+        assert message.startswith("[distill] batch_size 1 (the global batch"), message
+        assert "smaller than the 2 processes" in message
