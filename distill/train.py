@@ -381,9 +381,8 @@ def train_student(
                 logits = _letter_logits(student, batch, letters, device)
                 loss = loss_fn(logits, teacher_logits[mine].to(device), labels[mine].to(device))
                 loss = loss * (len(mine) * world / len(idx))  # the same weighting, per question
-        global_loss = accelerator.reduce(
-            loss.detach(), "mean"
-        )  # the whole global batch's loss, on every rank
+        # The whole global batch's loss, the same on every process.
+        global_loss = accelerator.reduce(loss.detach(), "mean")
         if not torch.isfinite(global_loss):  # every process decides alike, so none waits on the others
             raise DistillationDiverged(
                 f"distillation loss became {global_loss.item()} at step {step}; lower the learning rate "
