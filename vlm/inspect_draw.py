@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vlm.inspect import AttentionMap, InspectPrompt, LogitLens, token_label
+from vlm.inspection import AttentionMap, InspectPrompt, LogitLens, token_label
 
 # viridis at five stops (matplotlib's values); linear in between.
 _VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))

@@ -1,9 +1,11 @@
-"""vlm.inspect: one head's full attention matrix, checked against softmax(QKᵀ/√d + causal mask) computed by
+"""vlm.inspection and the vlm.inspect CLI: one head's full attention matrix, checked against softmax(QKᵀ/√d + causal mask) computed by
 hand from the same hidden states; the logit lens against the model's own output; the CLI on the demo teacher."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from vlm.compression import compress
 from vlm.config import CompressionConfig
-from vlm.inspect import attention_map, load_image, logit_lens, main, prepare_prompt
+from vlm.inspect import main
+from vlm.inspection import attention_map, load_image, logit_lens, prepare_prompt
 
 QUESTION = "what colour is the ball ?"
 
@@ -125,20 +128,27 @@ def test_token_selecting_student_maps_kept_tokens_to_their_cells(tiny_model, tin
     assert int(grid[0].isnan().sum()) == 10
 
 
+def _summary(out: str) -> dict:
+    """The JSON summary the CLI prints last."""
+    return json.loads(out[out.index("{\n") :])
+
+
 def test_cli_on_the_demo_teacher(tmp_path, capsys):
     image = tmp_path / "scene.png"
     load_image("demo", seed=3).save(image)
     question = "How many purple objects are there?"
     common = ["--model", "demo", "--image", str(image), "--question", question, "--out", str(tmp_path)]
-    summary = main(["attention", *common, "--layer", "3", "--head", "1", "--all-views"])
+    assert main(["attention", *common, "--layer", "3", "--head", "1", "--all-views"]) == 0
+    summary = _summary(capsys.readouterr().out)
     assert summary["question_tokens"] == ["How", "many", "purple", "objects", "are", "there", "?"]
     assert summary["max_row_sum_error"] < 1e-5 and summary["views"] == 3
-    lens = main(["logit-lens", *common, "--layers", "2", "4", "--top-k", "3"])
+    assert main(["logit-lens", *common, "--layers", "2", "4", "--top-k", "3"]) == 0
     out = capsys.readouterr().out
+    lens = _summary(out)
     assert "layer 4 of 4: top-3 tokens" in out and out.count("(7,7)") == 2  # an 8x8 grid per layer
     for key in ("png", "html"):
         for result in (summary, lens):
-            assert (tmp_path / result[key].split("/")[-1]).is_file()
+            assert Path(result[key]).parent == tmp_path and Path(result[key]).is_file()
     with Image.open(summary["png"]) as png:
         assert png.width > 500 and png.height > 500
     html = (tmp_path / "logit_lens_layers2-4.html").read_text()
@@ -147,14 +157,22 @@ def test_cli_on_the_demo_teacher(tmp_path, capsys):
     assert "mean over question tokens" in page and "199: purple" in page  # the token picker
 
 
-def test_cli_names_bad_input(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["attention", "--image", "demo", "--layer", "9", "--head", "0"], "blocks 0..3"),
+        (["attention", "--image", "missing.png", "--layer", "0", "--head", "0"], "not found"),
+        (
+            ["logit-lens", "--image", "demo", "--layers", "4", "--compression", '{"grid": 2}'],
+            "unknown CompressionConfig fields",
+        ),
+    ],
+)
+def test_cli_names_bad_input(tmp_path, capsys, args, message):
     common = ["--model", "demo", "--question", "What is it?", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit, match="blocks 0..3"):
-        main(["attention", *common, "--image", "demo", "--layer", "9", "--head", "0"])
-    with pytest.raises(SystemExit, match="not found"):
-        main(["attention", *common, "--image", str(tmp_path / "missing.png"), "--layer", "0", "--head", "0"])
-    with pytest.raises(SystemExit, match="unknown CompressionConfig fields"):
-        main(["logit-lens", *common, "--image", "demo", "--layers", "4", "--compression", '{"grid": 2}'])
+    assert main([*args, *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlm.inspect: error:") and message in err and "\n" not in err
     assert not list(tmp_path.iterdir())
 
 
