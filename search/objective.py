@@ -20,8 +20,9 @@ import torch
 from search.claims import measure_once
 from search.importance import block_influence, drop_order
 from search.space import check_space, suggest_compression
+from search.stages import StageMeter
 from search.study_config import StudyConfig
-from search.trial_eval import SubsetEvaluator
+from search.trial_eval import SubsetEvaluator, vision_key
 from search.warmup import teacher_letter_logits, warm_up_resampler
 from search.world import load_split, load_teacher
 from vlm.compression import CompressionError, compress, plan_student
@@ -158,27 +159,39 @@ class Objective:
             trial.set_user_attr("invalid_reason", str(err))
             raise optuna.TrialPruned(f"invalid config: {err}") from err
         try:
+            meter = StageMeter(next(ctx.teacher.parameters()).device)  # seconds and peak memory by stage
             # A resampler starts from fresh weights: seed them by trial, so a trial scores the same whatever
             # ran before it in this process (a resumed study, another worker, a different trial order).
-            with torch.random.fork_rng(devices=[]):
+            with meter.stage("build"), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(search.seed + trial.number)
                 student = compress(ctx.teacher, compression)
-            cost = ctx.subset.cost(student, plan)
+            with meter.stage("prompts"):  # image views and token ids per image spec, then counted FLOPs
+                cost = ctx.subset.cost(student, plan)
             if compression.has_fresh_weights:  # a resampler or a token scorer
-                warmup, teacher_logits = ctx.warmup_data()
-                loss = warm_up_resampler(
-                    student,
-                    plan,
-                    warmup,
-                    teacher_logits,
-                    search.resampler_warmup_steps,
-                    search.resampler_warmup_lr,
-                    search.resampler_warmup_batch_size,
-                    seed=search.seed + trial.number,
-                )
+                with meter.stage("warmup_data"):  # once per process: the teacher's logits on the warm-up set
+                    warmup, teacher_logits = ctx.warmup_data()
+                with meter.stage("warmup"):
+                    loss = warm_up_resampler(
+                        student,
+                        plan,
+                        warmup,
+                        teacher_logits,
+                        search.resampler_warmup_steps,
+                        search.resampler_warmup_lr,
+                        search.resampler_warmup_batch_size,
+                        seed=search.seed + trial.number,
+                    )
                 trial.set_user_attr("resampler_warmup_loss", loss)
             threshold = ctx.promotion_threshold if search.early_stop else None
-            score = ctx.subset.score(student, plan, threshold, search.early_stop_min_samples)
+            fill = (ctx.subset.fill.seconds, ctx.subset.fill.views)
+            with meter.stage("score"):  # feature-cache fill (ViT on misses), connector and decoder prefill
+                score = ctx.subset.score(student, plan, threshold, search.early_stop_min_samples)
+            key = vision_key(plan)
+            stages = meter.as_dict()
+            stages["score"]["vision_fill_seconds"] = ctx.subset.fill.seconds - fill[0]
+            stages["score"]["vision_fill_views"] = ctx.subset.fill.views - fill[1]
+            stages["score"]["feature_bytes_per_question"] = ctx.subset.fill.bytes_per_question.get(key)
+            trial.set_user_attr("stages", stages)
             timing = self._latency(student) if search.cost == "latency" else None
         except Exception as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
@@ -212,7 +225,11 @@ class Objective:
             )
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        trial.set_constraint("accuracy_floor", ctx.threshold - score.accuracy)  # feasible when <= 0
+        margin = ctx.threshold - score.accuracy  # feasible when <= 0
+        trial.set_constraint("accuracy_floor", margin)
+        # optuna-dashboard (0.21) reads only optuna 4's list form of the constraints: without it, it finds
+        # none and draws the unconstrained front. Optuna reads both forms; the values are the same.
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [margin])
         return (gflops if timing is None else timing["ratio"]), score.accuracy
 
     def _latency(self, student) -> dict:

@@ -10,7 +10,9 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from optuna_dashboard._serializer import serialize_frozen_trial
 
+from distill.promote import pareto_front
 from search.objective import CONSTRAINT_ATTR, OBJECTIVE_NAMES
 from search.references import reference_params
 from search.run import main
@@ -158,10 +160,18 @@ def test_feasible_iff_accuracy_reaches_the_floor(searched):
     complete = searched.study.get_trials(states=(TrialState.COMPLETE,))
     for trial in complete:
         assert is_feasible(trial) == (trial.values[1] >= floor), trial.number
-        # Optuna's own constraint (what the samplers read) agrees with the user attribute.
-        assert any(key.startswith("constraints") for key in trial.system_attrs)
-        assert trial.constraints == {"accuracy_floor": trial.user_attrs[CONSTRAINT_ATTR][0]}
+        # Optuna's own constraint (what the samplers and best_trials read) agrees with the user attribute.
+        margin = trial.user_attrs[CONSTRAINT_ATTR][0]
+        assert trial.constraints["accuracy_floor"] == margin and set(trial.constraints.values()) == {margin}
+        # ... and optuna-dashboard, which reads the list form only, sees the same value.
+        assert serialize_frozen_trial(0, trial, {})["constraints"] == [margin]
     assert any(is_feasible(t) for t in complete)  # at least the teacher
+    # study.best_trials (what the dashboard's front and users' scripts read) is the feasible front.
+    best = searched.study.best_trials
+    assert best and all(is_feasible(t) for t in best)
+    assert {t.number for t in best} >= {
+        t.number for t in pareto_front([t for t in complete if is_feasible(t)])
+    }
 
 
 def test_same_target_runs_nothing_more(searched):
@@ -285,3 +295,16 @@ def test_feature_cache_replacing_an_entry_frees_its_own_bytes():
     cache.put(("a",), torch.zeros(10))  # 40 bytes
     cache.put(("a",), torch.zeros(10, dtype=torch.float64))  # 80 bytes
     assert cache._bytes == 80
+
+
+def test_feature_cache_keeps_a_setting_that_does_not_fit_partly_cached():
+    """One vision setting larger than the budget, read in the same order by every trial: plain LRU evicted
+    each entry just before it was read again (zero hits); the first entries now stay and hit."""
+    cache = FeatureCache(max_bytes=3 * 4 * 10)  # three float32 tensors of 10 values
+    for _ in range(2):  # two trials on the same setting, five questions each
+        for question in "abcde":
+            if cache.get(("setting", question)) is None:
+                cache.put(("setting", question), torch.zeros(10))
+    assert cache.stats.hits == 3 and cache.stats.misses == 7
+    cache.put(("other setting", "a"), torch.zeros(10))  # a new setting evicts the old one's oldest entry
+    assert cache.get(("setting", "a")) is None and cache.get(("other setting", "a")) is not None

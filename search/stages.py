@@ -1,0 +1,115 @@
+"""Seconds and peak memory of the named stages of one trial (build, cost, warm-up, score), recorded as the
+trial's `stages` user attribute so a study (a dry run above all) says where a trial's time and memory go.
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` after resetting the peak; on the CPU the process's
+peak resident set (`VmHWM` of /proc/self/status) after resetting it to the current RSS (`5` written to
+/proc/self/clear_refs), as `vlm.bench.measure_memory` does. Both include what was resident before the stage
+(the teacher's weights above all). Where neither works the peak is None.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _vm_field(name: str) -> int | None:
+    """A memory field of /proc/self/status in bytes (Linux), else None."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _reset_peak(device: torch.device) -> bool:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _vm_field("VmHWM")
+
+
+class StageMeter:
+    """`with meter.stage("score"): ...` records that stage's seconds and peak memory (bytes)."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        before = (
+            torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else _vm_field("VmRSS")
+        )
+        can_peak = _reset_peak(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stages[name] = {
+                "seconds": time.perf_counter() - start,
+                "peak_bytes": _peak(self.device) if can_peak else None,
+                "before_bytes": before,  # resident when the stage began: peak - before = the stage's own
+            }
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(values) for name, values in self.stages.items()}
+
+
+class MemoryPoller:
+    """The largest resident set (and CUDA allocation) seen by a background thread polling every `interval`
+    seconds while the `with` block runs. Unlike VmHWM it survives code inside the block resetting the peak
+    (`vlm.bench.measure_memory` and `StageMeter` do), at the cost of missing peaks shorter than `interval`."""
+
+    def __init__(self, device: torch.device, interval: float = 0.05):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak_rss: int | None = None
+        self.peak_cuda: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        rss = _vm_field("VmRSS")
+        if rss is not None:
+            self.peak_rss = max(self.peak_rss or 0, rss)
+        if self.device.type == "cuda":
+            self.peak_cuda = max(self.peak_cuda or 0, torch.cuda.memory_allocated(self.device))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MemoryPoller:
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
