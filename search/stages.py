@@ -3,12 +3,15 @@ trial's `stages` user attribute so a study (a dry run above all) says where a tr
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` after resetting the peak; on the CPU the process's
 peak resident set (`VmHWM` of /proc/self/status) after resetting it to the current RSS (`5` written to
-/proc/self/clear_refs), as `vlm.bench.measure_memory` does. Both include what was resident before the stage
+/proc/self/clear_refs) after handing the allocator's free pages back (malloc_trim), as
+`vlm.bench.measure_memory` does. Both include what was resident before the stage
 (the teacher's weights above all). Where neither works the peak is None.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import threading
 import time
@@ -28,6 +31,16 @@ def _vm_field(name: str) -> int | None:
         return None
     match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
     return int(match.group(1)) * 1024 if match else None
+
+
+def _trim_allocator() -> None:
+    """Hand glibc's free pages back to the system: without it the RSS after one large stage (a warm-up)
+    stayed at that stage's peak, and every later stage's peak read the same."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak(device: torch.device) -> bool:
@@ -58,6 +71,8 @@ class StageMeter:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if self.device.type != "cuda":
+            _trim_allocator()
         before = (
             torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else _vm_field("VmRSS")
         )
