@@ -251,3 +251,29 @@ class ImageSpec:
     max_grid_side: int
     tokens_per_view: int
     resize_to_max_side_len: bool = True
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """How vision features become decoder tokens (the structural part of a compression).
+
+    token_grid: k for k*k tokens per view (None = the native pixel-shuffled grid).
+    resampler_width: None = pixel shuffle + projector; int = Perceiver resampler of that width.
+    keep_tokens: None keeps every connector output; an int keeps that many per view, chosen by `keep_by`
+        ("norm": largest L2 norm; "score": a scorer of width `scorer_width` trained from scratch).
+    merge_schedule: () = the plain vision encoder; else tokens merged (ToMe) in each encoder block, already
+        clamped (`vlm.reducers.effective_merge_schedule`), un-merged to the full patch grid at the end.
+    """
+
+    token_grid: int | None = None
+    resampler_width: int | None = None
+    resampler_heads: int = 4
+    keep_tokens: int | None = None
+    keep_by: str = "norm"
+    scorer_width: int = 64
+    merge_schedule: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "merge_schedule", tuple(int(r) for r in self.merge_schedule))
+        if self.keep_by not in ("norm", "score"):
+            raise ValueError(f"keep_by must be 'norm' or 'score', got {self.keep_by!r}")

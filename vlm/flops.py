@@ -21,19 +21,22 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from vlm.compression import StudentPlan, plan_student
-from vlm.config import CompressionConfig, ImageSpec, VLMConfig
+from vlm.cli import UsageError, make_parser, run
+from vlm.config import CompressionConfig, ConnectorConfig, ImageSpec, VLMConfig
 from vlm.geometry import num_views
-from vlm.model import ConnectorConfig, VisionLanguageModel
-from vlm.reducers import merged_token_counts
+from vlm.plan import CompressionError, StudentPlan, merged_token_counts, plan_student
+
+if TYPE_CHECKING:  # torch is imported where the fvcore count needs it: the analytic count and --help do not
+    import torch
+    from torch import nn
+
+    from vlm.model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -209,16 +212,19 @@ _IGNORED_OPS = (
 )
 
 
-class _Call(nn.Module):
+def _call_module(owner: nn.Module, fn) -> nn.Module:
     """Wrap a closure as a module so fvcore can trace it."""
+    from torch import nn
 
-    def __init__(self, owner: nn.Module, fn):
-        super().__init__()
-        self.owner = owner
-        self.fn = fn
+    class _Call(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.owner = owner
 
-    def forward(self, *args):
-        return self.fn(*args)
+        def forward(self, *args):
+            return fn(*args)
+
+    return _Call()
 
 
 def _fvcore_count(module: nn.Module, fn, inputs: tuple[torch.Tensor, ...]) -> int:
@@ -230,7 +236,7 @@ def _fvcore_count(module: nn.Module, fn, inputs: tuple[torch.Tensor, ...]) -> in
     handles["aten::scaled_dot_product_attention"] = _sdpa_handle
     handles["aten::_convolution_mode"] = _conv_mode_handle
     logging.getLogger("fvcore").setLevel(logging.ERROR)  # it logs every uncalled submodule otherwise
-    analysis = FlopCountAnalysis(_Call(module, fn), inputs).clear_op_handles().set_op_handle(**handles)
+    analysis = FlopCountAnalysis(_call_module(module, fn), inputs).clear_op_handles().set_op_handle(**handles)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return 2 * int(analysis.total())  # fvcore: 1 per multiply-add
@@ -240,6 +246,8 @@ def fvcore_flops(
     model: VisionLanguageModel, n_views: int, prompt_tokens: int, answer_tokens: int = 1
 ) -> FlopBreakdown:
     """Automatic count on `model` (any device, meta included): one view, one prefill, each decode step."""
+    import torch
+
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     cfg = model.cfg
@@ -268,6 +276,8 @@ def fvcore_decode_steps_flops(
     model: VisionLanguageModel, prompt_tokens: int, steps: int, warmup_steps: int = 0
 ) -> int:
     """fvcore's count of what `decode_steps_flops` counts by hand: each step traced over a filled KV cache."""
+    import torch
+
     param = next(model.parameters())
     embed = torch.zeros(1, 1, model.cfg.lm_hidden_dim, device=param.device, dtype=param.dtype)
     total = 0
@@ -279,6 +289,7 @@ def fvcore_decode_steps_flops(
 
 def _decode_step(model: VisionLanguageModel, context: int):
     """One cached decode step: a new token attending to `context` keys (context-1 cached + itself)."""
+    import torch
     from transformers import DynamicCache
 
     cfg = model.cfg
@@ -323,6 +334,10 @@ def plan_image_spec(plan: StudentPlan) -> ImageSpec:
 
 def build_on_meta(plan: StudentPlan) -> VisionLanguageModel:
     """The student's modules without memory or initialisation: enough for shape-level counting."""
+    import torch
+
+    from vlm.model import VisionLanguageModel
+
     with torch.device("meta"):
         return VisionLanguageModel(plan.cfg, image_token_id=0, connector=plan.connector)
 
@@ -398,7 +413,7 @@ def load_config(source: str) -> VLMConfig:
     try:
         return VLMConfig.from_json(hf_hub_download(source, "config.json"))
     except Exception as exc:
-        raise SystemExit(
+        raise UsageError(
             f"could not read a config from {source!r} ({type(exc).__name__}): pass a config.json path, a checkpoint "
             "folder, or `default` for nanoVLM's built-in 460M config"
         ) from exc
@@ -424,8 +439,14 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="FLOPs per question of nanoVLM or a compressed student.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "vlm.flops",
+        "FLOPs per question of nanoVLM or a compressed student, counted by hand (analytic) and by fvcore, per "
+        "component;\nno weights needed (the model is built on the meta device).",
+        epilog="Example: python -m vlm.flops --config default --compression '{\"token_grid\": 4}' "
+        "--decode-steps 3 --warmup-steps 5",
+    )
     parser.add_argument(
         "--config", default="default", help="config.json, checkpoint folder, hub id, or 'default'"
     )
@@ -455,9 +476,15 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="generated tokens already in the KV cache (see above)",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_run, build_parser(), argv, user_errors=(CompressionError, json.JSONDecodeError))
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     cfg = load_config(args.config)
     compression = CompressionConfig.from_json(args.compression) if args.compression else CompressionConfig()
     teacher_spec = ImageSpec(
@@ -466,8 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     _, teacher_image_tokens = image_tokens(teacher_spec, args.image_size)
     text_tokens = args.prompt_tokens - teacher_image_tokens
     if text_tokens < 0:
-        raise SystemExit(
-            f"--prompt-tokens {args.prompt_tokens} is shorter than the {teacher_image_tokens} image tokens this image needs"
+        raise UsageError(
+            f"--prompt-tokens {args.prompt_tokens} is shorter than the {teacher_image_tokens} image tokens this image "
+            "needs: pass the uncompressed model's whole prompt length"
         )
     result = count_question(
         cfg, compression, args.image_size, text_tokens, args.answer_tokens, not args.no_fvcore
@@ -483,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
             not args.no_fvcore,
         )
     print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,43 +13,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from vlm.config import ImageSpec, VLMConfig
+from vlm.config import ConnectorConfig, ImageSpec, VLMConfig
 from vlm.reducers import TokenSelector, merged_vision_forward
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ConnectorConfig:
-    """How vision features become decoder tokens (the structural part of a compression).
-
-    token_grid: k for k*k tokens per view (None = the native pixel-shuffled grid).
-    resampler_width: None = pixel shuffle + projector; int = Perceiver resampler of that width.
-    keep_tokens: None keeps every connector output; an int keeps that many per view, chosen by `keep_by`
-        ("norm": largest L2 norm; "score": a scorer of width `scorer_width` trained from scratch).
-    merge_schedule: () = the plain vision encoder; else tokens merged (ToMe) in each encoder block, already
-        clamped (`vlm.reducers.effective_merge_schedule`), un-merged to the full patch grid at the end.
-    """
-
-    token_grid: int | None = None
-    resampler_width: int | None = None
-    resampler_heads: int = 4
-    keep_tokens: int | None = None
-    keep_by: str = "norm"
-    scorer_width: int = 64
-    merge_schedule: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "merge_schedule", tuple(int(r) for r in self.merge_schedule))
-        if self.keep_by not in ("norm", "score"):
-            raise ValueError(f"keep_by must be 'norm' or 'score', got {self.keep_by!r}")
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -30,26 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlm.plan import effective_merge_schedule, merged_token_counts  # noqa: F401 (re-exported)
+
 
 # ----- token merging -----------------------------------------------------------------------------------------
-def effective_merge_schedule(n_tokens: int, per_block: Sequence[int]) -> tuple[int, ...]:
-    """Tokens actually merged in each block: r clamped to floor(N/2) of the N tokens the block sees."""
-    schedule = []
-    for r in per_block:
-        r = max(0, min(int(r), n_tokens // 2))
-        schedule.append(r)
-        n_tokens -= r
-    return tuple(schedule)
-
-
-def merged_token_counts(n_tokens: int, schedule: Sequence[int]) -> list[int]:
-    """Tokens entering each block, then the tokens left after the last one (len(schedule) + 1 numbers)."""
-    counts = [n_tokens]
-    for r in effective_merge_schedule(n_tokens, schedule):
-        counts.append(counts[-1] - r)
-    return counts
-
-
 def _attention(attn: nn.Module, x: torch.Tensor, log_size: torch.Tensor | None):
     """SigLIP self-attention with log(size) added to the logits; also returns the keys averaged over heads.
 

@@ -175,6 +175,13 @@ def test_cli_rejects_bad_image_size(capsys, size):
     assert "640x480" in capsys.readouterr().err
 
 
-def test_cli_rejects_prompt_shorter_than_the_image():
-    with pytest.raises(SystemExit, match="shorter than the 832 image tokens"):
-        main(["--prompt-tokens", "100", "--no-fvcore"])
+def test_cli_rejects_prompt_shorter_than_the_image(capsys):
+    assert main(["--prompt-tokens", "100", "--no-fvcore"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("vlm.flops: error: ") and "shorter than the 832 image tokens" in error
+
+
+def test_cli_rejects_a_compression_the_teacher_cannot_take_in_one_line(capsys):
+    assert main(["--compression", '{"view_size": 500}', "--no-fvcore"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert "view_size 500 must be a multiple of the patch size 16" in error
