@@ -556,8 +556,11 @@ def dry_run(
     threads: int | None = None,
     image_size: tuple[int, int] = COCO_SIZE,
     speed_settings=None,
+    from_finalize: bool = False,
 ) -> dict:
-    """Build the world, run every stage of the study, measure them, and return (and write) the record."""
+    """Build the world, run every stage of the study, measure them, and return (and write) the record.
+    `from_finalize`: keep the previous dry run's search (its study and record) and run finalize and the report
+    again."""
     import optuna
     import torch
 
@@ -582,7 +585,15 @@ def dry_run(
     config = dryrun_study_config(original, teacher_dir, data_dir, scale)
     toml = write_study_toml(config, config.artifacts_dir / "study.toml")
     storage = Path(config.default_storage.removeprefix("sqlite:///"))
-    for stale in (storage, config.artifacts_dir / "finalize", config.artifacts_dir / "cache"):
+    previous = config.artifacts_dir / "dryrun.json"
+    if from_finalize and not (storage.is_file() and previous.is_file()):
+        raise FileNotFoundError(
+            f"no previous dry run of {original.name!r} to continue: run it without --from-finalize"
+        )
+    stale_paths = [config.artifacts_dir / "finalize"]
+    if not from_finalize:
+        stale_paths += [storage, config.artifacts_dir / "cache"]
+    for stale in stale_paths:
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
@@ -595,21 +606,27 @@ def dry_run(
         else config.model.dtype
     )
     teacher_cfg = teacher_config(original.model.teacher)
-    study = open_study(config)
-    knobs = knob_params(teacher_cfg, config.space)
-    for name, params in knobs.items():
-        study.enqueue_trial(params, user_attrs={"dryrun_knob": name}, skip_if_exists=True)
-    from search.references import reference_params
-
-    target = len(reference_params(teacher_cfg, config.space)) + len(knobs) + scale.sampled_trials
     args = ["--study", str(toml)]
-    rc = timed("search", stages, search.run.main, [*args, "--trials", str(target)])
+    if from_finalize:
+        before = json.loads(previous.read_text())
+        stages.update({k: before["stages"][k] for k in ("search", "promote")})
+        rc = before["search_exit_code"]
+    else:
+        study = open_study(config)
+        knobs = knob_params(teacher_cfg, config.space)
+        for name, params in knobs.items():
+            study.enqueue_trial(params, user_attrs={"dryrun_knob": name}, skip_if_exists=True)
+        from search.references import reference_params
+
+        target = len(reference_params(teacher_cfg, config.space)) + len(knobs) + scale.sampled_trials
+        rc = timed("search", stages, search.run.main, [*args, "--trials", str(target)])
     study = optuna.load_study(study_name=config.name, storage=config.default_storage)
     rows = trial_rows(study)
     record["search_exit_code"] = rc
     record["trials"] = rows
     record["baseline"] = study.user_attrs.get("baseline")
-    timed("promote", stages, distill.promote.main, args)
+    if not from_finalize:
+        timed("promote", stages, distill.promote.main, args)
     # Finalize the 'global view only' reference: all of the teacher's parameters (finalize at 460M), trained
     # on one view per question so the training step fits this machine's memory; allowed unpromoted (random
     # weights make promotion arbitrary).
@@ -726,6 +743,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--from-finalize",
+        action="store_true",
+        help="keep the previous dry run's search; run finalize and the report again",
+    )
     return parser
 
 
@@ -736,7 +758,7 @@ def _run(args: argparse.Namespace) -> int:
         scale = DryRunScale(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DryRunScale)})
     except ValueError as err:
         raise UsageError(str(err)) from err
-    record = dry_run(args.study, scale, args.threads)
+    record = dry_run(args.study, scale, args.threads, from_finalize=args.from_finalize)
     logger.info("\n%s", summary_markdown(record))
     logger.info("wrote %s", ", ".join(record["written"]))
     return 1 if record["failed_trials"] or record["search_exit_code"] else 0

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vlm.compression import StudentPlan
 from vlm.config import ImageSpec
 from vlm.data import VQAExample
 from vlm.evaluate import EvalConfig, MCQResult, encode_mcq, iter_mcq, wilson_interval
 from vlm.flops import connector_flops_per_view, prefill_flops, vision_flops_per_view
 from vlm.model import VisionLanguageModel
+from vlm.plan import StudentPlan
 from vlm.processing import Encoded
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ import torch
 
 from distill.losses import DistillationLoss
 from search.trial_eval import SubsetEvaluator, vision_key
-from vlm.compression import StudentPlan
 from vlm.evaluate import all_letter_logits, letter_token_ids, mcq_letter_logits
 from vlm.model import VisionLanguageModel
+from vlm.plan import StudentPlan
 from vlm.processing import collate
 
 logger = logging.getLogger(__name__)
