@@ -19,7 +19,7 @@ device (image processing and tokenization are not timed):
 - `throughput`: MCQ questions per second at `batch_size` (left-padded batch, as the evaluator batches).
 - `components`: the ViT over the question's views (also per view), the connector, the prefill given the
   image embeddings, and one KV-cached decode step at the prompt's length, each with its analytic FLOPs
-  and the achieved FLOP/s.
+  and the achieved FLOP/s (`warmup` untimed, then `component_repeats` timed passes each).
 - `memory`: CUDA: `torch.cuda.max_memory_allocated` during one pass, and its rise over the memory
   allocated before. CPU: the process's peak resident set (`VmHWM` of /proc/self/status) during one pass,
   after writing 5 to /proc/self/clear_refs (which resets VmHWM to the current RSS) and trimming the
@@ -538,10 +538,7 @@ def _time_components(
     out = {}
     repeats = settings.component_repeats or settings.repeats
     for name in COMPONENTS:
-        # The end-to-end passes just before ran the ViT and the prefill on these very shapes: no second
-        # warm-up for them (a pass of nanoVLM's ViT takes a minute on 2 CPU cores); the others get theirs.
-        warmup = 0 if name in ("vision", "prefill") else settings.warmup
-        stats = summarize(time_calls([f[name] for f in fns], warmup, repeats, device))
+        stats = summarize(time_calls([f[name] for f in fns], settings.warmup, repeats, device))
         flops = statistics.mean(per_stage_flops[name])
         entry = {
             **stats,
