@@ -146,7 +146,7 @@ def test_references_for_nanovlm_on_the_aokvqa_space():
         assert _within(space, params), name  # so study.enqueue_trial(params) is valid
 
 
-@pytest.mark.parametrize("study", ["aokvqa", "demo"])
+@pytest.mark.parametrize("study", ["aokvqa", "demo", "demo-reducers", "demo-latency"])
 def test_every_reference_is_a_valid_student(study):
     """Each reference plans without CompressionError (none would be pruned as invalid)."""
     from vlm.demo.teacher import demo_vlm_config
