@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -47,6 +51,8 @@ class InterruptGuard:
         self.study: optuna.Study | None = None
         self.trial_id: int | None = None
         self.trial_number: int | None = None
+        self.received: str | None = None  # the signal, once one arrived
+        self.stopping = False  # set once the interrupt reached `stop`
 
     def track(self, objective: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """`objective`, remembering the trial it was called with."""
@@ -62,9 +68,20 @@ class InterruptGuard:
         """SIGINT and SIGTERM raise `Interrupted` while inside (the previous handlers come back after)."""
 
         def handler(signum, _frame):
+            if self.received is None:
+                self.received = signal.Signals(signum).name
+                threading.Thread(target=self._redeliver, args=(signum,), daemon=True).start()
             raise Interrupted(signal.Signals(signum).name)
 
+        def unraisable(info) -> None:
+            # Raised where Python cannot propagate it (a garbage-collector callback): it was dropped, and
+            # `_redeliver` sends the signal again. Nothing to print.
+            if not isinstance(info.exc_value, KeyboardInterrupt):
+                previous_hook(info)
+
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable
         drop = _DropInterruptTraceback()
         optuna_handlers = _optuna_handlers()
         if not verbose:
@@ -75,11 +92,26 @@ class InterruptGuard:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+            sys.unraisablehook = previous_hook
             for h in optuna_handlers:
                 h.removeFilter(drop)
 
+    def _redeliver(self, signum: int, every: float = 1.0, tries: int = 30) -> None:
+        """Send the signal again while it has not reached `stop`.
+
+        A signal handler's exception surfaces wherever the main thread happens to be; inside a weakref or
+        `__del__` callback (SQLAlchemy's, during garbage collection) Python drops it with "Exception ignored
+        in ...", and the worker went on with the next trials as if nothing had happened.
+        """
+        for _ in range(tries):
+            time.sleep(every)
+            if self.stopping:
+                return
+            os.kill(os.getpid(), signum)
+
     def stop(self, err: KeyboardInterrupt) -> int:
         """After an interrupt: re-queue the trial it cut short (if any) and return the exit status."""
+        self.stopping = True
         name = err.args[0] if isinstance(err, Interrupted) and err.args else "SIGINT"
         # A second Ctrl-C while re-queueing would leave the trial to the heartbeat: finish this first.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
