@@ -242,19 +242,27 @@ def study_config_from_dict(data: dict[str, Any], where: str = "study config") ->
     return StudyConfig(name=data["name"], **sections)
 
 
+# The study configs this checkout ships (studies/*.toml beside the packages): found from any folder, so a
+# run with $VLMC_HOME or the current folder elsewhere still knows `--study demo`.
+SHIPPED_STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
 def study_config_path(name_or_path: str) -> Path:
+    """A .toml path as given; a name: `<root>/studies/<name>.toml`, else the shipped `studies/<name>.toml`."""
     path = Path(name_or_path)
     if path.suffix == ".toml":
         return path
-    return studies_dir() / f"{name_or_path}.toml"
+    local = studies_dir() / f"{name_or_path}.toml"
+    shipped = SHIPPED_STUDIES / f"{name_or_path}.toml"
+    return shipped if not local.is_file() and shipped.is_file() else local
 
 
 def load_study_config(name_or_path: str) -> StudyConfig:
     """Load `studies/<name>.toml` (or a .toml path)."""
     path = study_config_path(name_or_path)
     if not path.is_file():
-        available = sorted(p.stem for p in studies_dir().glob("*.toml"))
-        raise StudyNotFound(f"no study config {path}; available studies: {available}")
+        names = {p.stem for folder in (studies_dir(), SHIPPED_STUDIES) for p in folder.glob("*.toml")}
+        raise StudyNotFound(f"no study config {path}; available studies: {sorted(names)}")
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)

@@ -163,3 +163,16 @@ def test_every_reference_is_a_valid_student(study):
         if "keep_fraction" in params:  # the 50% norm-drop and score-prune references
             tokens = round(params["keep_fraction"] * tokens)
         assert plan.tokens_per_view == tokens, name
+
+
+def test_shipped_studies_are_found_from_any_folder(tmp_path, monkeypatch):
+    """`--study demo` works with $VLMC_HOME and the current folder elsewhere; artifacts still go there."""
+    monkeypatch.setenv("VLMC_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = load_study_config("demo")
+    assert config.name == "demo" and config.artifacts_dir == tmp_path / "studies" / "demo"
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "demo.toml").write_text(
+        (REPO / "studies" / "demo.toml").read_text().replace('name = "demo"', 'name = "demo"\n# local copy')
+    )
+    assert load_study_config("demo") == config  # a local studies/demo.toml takes precedence (same content)
