@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 import traceback
 import uuid
 
@@ -149,3 +150,23 @@ def test_an_unreachable_server_is_named_without_the_password(
     assert code != 0
     assert SECRET not in output, output[-2000:]
     assert mask_password(UNREACHABLE) in output, output[-2000:]
+
+
+def test_a_wrong_password_fails_at_once_in_one_line_without_it(
+    world, postgres_url, tmp_path, monkeypatch, capsys, caplog
+):
+    """A real server refusing the login: one line, exit 2, no retries, neither password shown."""
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.chdir(tmp_path)
+    wrong = make_url(postgres_url).set(password="not-the-password-" + uuid.uuid4().hex[:6])
+    url = wrong.render_as_string(hide_password=False)
+    toml = world.toml(tmp_path)
+    start = time.monotonic()
+    code, output = _cli(
+        "search.run", ["--study", str(toml), "--storage", url, "--trials", "1"], capsys, caplog
+    )
+    assert code == 2 and time.monotonic() - start < 20
+    assert "password authentication failed" in output or "authentication" in output, output[-2000:]
+    assert wrong.password not in output and _password(postgres_url) not in output
+    assert mask_password(url) in output
