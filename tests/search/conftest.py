@@ -58,3 +58,21 @@ def spawn(toml: Path, url: str, trials: int, cwd: Path, log: Path) -> subprocess
 
 def log_tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
+
+
+WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
+
+
+def run_workers(toml: Path, url: str, trials: int, cwd: Path, n: int) -> list[Path]:
+    """Start `n` search.run workers on one study together, wait for all, assert each exited 0; their logs."""
+    logs = [cwd / f"worker{i}.log" for i in range(n)]
+    workers = [spawn(toml, url, trials, cwd, log) for log in logs]
+    try:
+        codes = [w.wait(timeout=WORKER_TIMEOUT) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert codes == [0] * n, "\n".join(log_tail(log) for log in logs)
+    return logs

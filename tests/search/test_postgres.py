@@ -21,10 +21,9 @@ from optuna.trial import TrialState
 
 from search.storage import mask_password
 from search.study import FINISHED, REFERENCE_ATTR
-from tests.search.conftest import log_tail, spawn
+from tests.search.conftest import run_workers
 
 URL_VAR = "VLMC_TEST_POSTGRES_URL"
-WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
 SECRET = "s3cret-Pa55word"
 # Nothing listens on port 9 (discard) of 127.0.0.1: connecting fails at once.
 UNREACHABLE = f"postgresql://vlmc:{SECRET}@127.0.0.1:9/vlmc_test"
@@ -82,16 +81,7 @@ def test_two_workers_share_one_study_on_postgres(
     world, postgres_url, study_name, tmp_path, monkeypatch, capsys, caplog
 ):
     toml = world.toml(tmp_path, name=study_name)
-    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
-    workers = [spawn(toml, postgres_url, 12, tmp_path, log) for log in logs]
-    try:
-        codes = [w.wait(timeout=WORKER_TIMEOUT) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    assert codes == [0, 0], "\n".join(log_tail(log) for log in logs)
+    logs = run_workers(toml, postgres_url, 12, tmp_path, 2)
 
     trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
     finished = sum(t.state in FINISHED for t in trials)

@@ -19,10 +19,17 @@ from search.run import main
 from search.storage import open_storage
 from search.study import FINISHED, REFERENCE_ATTR, StopAtTarget, enqueue_references
 from search.study_config import load_study_config
-from tests.search.conftest import STUDY, load, log_tail, run_args, spawn, sqlite_url
+from tests.search.conftest import (
+    STUDY,
+    WORKER_TIMEOUT,
+    load,
+    log_tail,
+    run_args,
+    run_workers,
+    spawn,
+    sqlite_url,
+)
 from vlm.checkpoint import load_pretrained
-
-WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
 
 
 def _trials(storage: optuna.storages.BaseStorage) -> list[optuna.trial.FrozenTrial]:
@@ -100,16 +107,7 @@ def test_killed_worker_resumes_and_retries_its_trial(world, tmp_path):
 def test_two_workers_share_one_study(world, tmp_path):
     toml = world.toml(tmp_path)
     url = sqlite_url(tmp_path / "tiny.db")
-    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
-    workers = [spawn(toml, url, 16, tmp_path, log) for log in logs]
-    try:
-        codes = [w.wait(timeout=WORKER_TIMEOUT) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    assert codes == [0, 0], "\n".join(log_tail(log) for log in logs)
+    run_workers(toml, url, 16, tmp_path, 2)
 
     trials = load(url).trials
     finished = sum(t.state in FINISHED for t in trials)

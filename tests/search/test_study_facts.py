@@ -9,24 +9,13 @@ import optuna
 
 from search.claims import measure_once
 from search.storage import open_storage
-from tests.search.conftest import STUDY, load, log_tail, spawn, sqlite_url
-
-WORKER_TIMEOUT = 240  # seconds; generous because the CI machine may be busy
+from tests.search.conftest import STUDY, load, run_workers, sqlite_url
 
 
 def test_three_workers_on_a_fresh_study_measure_x_and_the_ranking_once(world, tmp_path):
     toml = world.toml(tmp_path)
     url = sqlite_url(tmp_path / "tiny.db")
-    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
-    workers = [spawn(toml, url, 7, tmp_path, log) for log in logs]
-    try:
-        codes = [w.wait(timeout=WORKER_TIMEOUT) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    assert codes == [0, 0, 0], "\n".join(log_tail(log) for log in logs)
+    logs = run_workers(toml, url, 7, tmp_path, 3)
 
     texts = [log.read_text() for log in logs]
     assert sum(t.count("measuring the teacher's accuracy X") for t in texts) == 1, texts
