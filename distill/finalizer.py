@@ -35,10 +35,9 @@ from search.study import FINALIZED_PREFIX
 from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator
 from search.world import load_split, load_teacher, teacher_path
-from vlm.bench import SHORT, BenchSettings, compare_speed
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
-from vlm.config import CompressionConfig
+from vlm.config import BenchSettings, CompressionConfig
 from vlm.evaluate import (
     EvalConfig,
     evaluate_direct_answer,
@@ -46,10 +45,11 @@ from vlm.evaluate import (
     leaderboard_predictions,
     write_json_atomic,
 )
+from vlm.timing import SHORT, compare_speed
 
 logger = logging.getLogger(__name__)
 
-SPEED_QUESTIONS = 4  # validation questions the teacher and the student are timed on (vlm.bench.SHORT)
+SPEED_QUESTIONS = 4  # validation questions the teacher and the student are timed on (vlm.timing.SHORT)
 
 
 class FinalizeError(RuntimeError):

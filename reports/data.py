@@ -279,7 +279,7 @@ _FINALIZED_COLUMNS = [
     "da_accuracy",
     "distilled_reduction_pct",
     "keeps_constraint",
-    # Measured by `distill.finalize` (vlm.bench.compare_speed): teacher and student on one device, one run.
+    # Measured by `distill.finalize` (vlm.timing.compare_speed): teacher and student on one device, one run.
     "flop_reduction_x",
     "speedup_x",
     "latency_ms",

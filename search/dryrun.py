@@ -571,8 +571,9 @@ def dry_run(
     from search.study import REFERENCE_ATTR, open_study, reference_trials
     from search.study_config import load_study_config
     from search.world import resolve_device
-    from vlm.bench import BenchSettings, environment
+    from vlm.config import BenchSettings
     from vlm.paths import cache_dir, project_root
+    from vlm.timing import environment
 
     if threads:
         torch.set_num_threads(threads)

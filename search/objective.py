@@ -233,9 +233,9 @@ class Objective:
         return (gflops if timing is None else timing["ratio"]), score.accuracy
 
     def _latency(self, student) -> dict:
-        """The student's MCQ latency relative to the teacher's, both timed now (vlm.bench.relative_latency)
+        """The student's MCQ latency relative to the teacher's, both timed now (vlm.timing.relative_latency)
         on the subset's first questions: a ratio stays comparable across workers, machines and load."""
-        from vlm.bench import relative_latency
+        from vlm.timing import relative_latency
 
         ctx, search = self.context, self.context.config.search
         k = search.latency_questions

@@ -4,7 +4,7 @@ trial's `stages` user attribute so a study (a dry run above all) says where a tr
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` after resetting the peak; on the CPU the process's
 peak resident set (`VmHWM` of /proc/self/status) after resetting it to the current RSS (`5` written to
 /proc/self/clear_refs) after handing the allocator's free pages back (malloc_trim), as
-`vlm.bench.measure_memory` does. Both include what was resident before the stage
+`vlm.timing.measure_memory` does. Both include what was resident before the stage
 (the teacher's weights above all). Where neither works the peak is None.
 """
 
@@ -96,7 +96,7 @@ class StageMeter:
 class MemoryPoller:
     """The largest resident set (and CUDA allocation) seen by a background thread polling every `interval`
     seconds while the `with` block runs. Unlike VmHWM it survives code inside the block resetting the peak
-    (`vlm.bench.measure_memory` and `StageMeter` do), at the cost of missing peaks shorter than `interval`."""
+    (`vlm.timing.measure_memory` and `StageMeter` do), at the cost of missing peaks shorter than `interval`."""
 
     def __init__(self, device: torch.device, interval: float = 0.05):
         self.device = torch.device(device)

@@ -22,9 +22,8 @@ import torch
 from search.dryrun import DryRunScale, dry_run, dryrun_tokenizer, knob_params
 from search.references import reference_params
 from search.study_config import load_study_config
-from vlm.bench import BenchSettings
 from vlm.compression import compress
-from vlm.config import VLMConfig
+from vlm.config import BenchSettings, VLMConfig
 from vlm.tokenizer import special_token_ids
 
 AOKVQA = Path(__file__).parents[1] / "studies" / "aokvqa.toml"

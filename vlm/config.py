@@ -277,3 +277,24 @@ class ConnectorConfig:
         object.__setattr__(self, "merge_schedule", tuple(int(r) for r in self.merge_schedule))
         if self.keep_by not in ("norm", "score"):
             raise ValueError(f"keep_by must be 'norm' or 'score', got {self.keep_by!r}")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How much to measure. `batch_size` 0 skips the throughput run; `new_tokens` 0 skips generation."""
+
+    warmup: int = 1
+    repeats: int = 5
+    batch_size: int = 8
+    new_tokens: int = 10  # A-OKVQA direct answers are one to three words; evaluation allows 10 tokens
+    components: bool = True
+    memory: bool = True
+    component_repeats: int | None = None  # timed passes per component (None: `repeats`)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
+        if self.component_repeats is not None and self.component_repeats < 1:
+            raise ValueError(f"component_repeats must be >= 1, got {self.component_repeats}")
+        if self.batch_size < 0 or self.new_tokens < 0:
+            raise ValueError("batch_size and new_tokens must be >= 0 (0 skips that measurement)")

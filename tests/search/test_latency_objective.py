@@ -15,8 +15,8 @@ from search.objective import LATENCY_OBJECTIVE_NAMES, OBJECTIVE_NAMES
 from search.run import main
 from tests.search.conftest import STUDY, load, run_args, sqlite_url
 from tests.tiny_world import tiny_study_toml
-from vlm.bench import relative_latency
 from vlm.processing import encode_example, mcq_user_text
+from vlm.timing import relative_latency
 
 LATENCY = {"cost": "latency", "latency_questions": 2, "latency_repeats": 2, "latency_warmup": 0}
 

@@ -41,5 +41,5 @@ def test_the_polled_peak_survives_a_reset_inside_the_block():
         block.add_(1)
         time.sleep(0.1)  # a few polls while the 100 MB are resident
         del block
-        Path("/proc/self/clear_refs").write_text("5")  # what vlm.bench.measure_memory does
+        Path("/proc/self/clear_refs").write_text("5")  # what vlm.timing.measure_memory does
     assert poller.peak_rss - start >= 90 * MB

@@ -8,20 +8,19 @@ import json
 import pytest
 
 from tests.nanovlm_reference import tiny_nanovlm_config
-from vlm.bench import (
+from vlm.bench import main
+from vlm.compression import compress
+from vlm.config import BenchSettings, CompressionConfig, VLMConfig
+from vlm.flops import count_question, decode_flops
+from vlm.processing import Encoded
+from vlm.timing import (
     COMPONENTS,
-    BenchSettings,
     benchmark,
     encode_questions,
-    main,
     measure_memory,
     summarize,
     synthetic_example,
 )
-from vlm.compression import compress
-from vlm.config import CompressionConfig, VLMConfig
-from vlm.flops import count_question, decode_flops
-from vlm.processing import Encoded
 
 FAST = BenchSettings(warmup=1, repeats=2, batch_size=3, new_tokens=3)
 STATS = {"median_s", "min_s", "max_s", "q1_s", "q3_s", "n", "samples_s"}
