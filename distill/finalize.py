@@ -50,7 +50,9 @@ def _run(args: argparse.Namespace) -> int:
     from search.study_config import load_study_config
     from search.world import WorldUnavailable
 
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
+    # accelerate logs every file of every checkpoint, and warns at each save that the tied LM head is stored
+    # once ("Removed shared tensor"): expected for nanoVLM's tied weights, nothing a user can act on.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
     main_process = distributed_state().is_main_process
     if not main_process:  # under `accelerate launch`: the main process speaks for all
         logging.getLogger().setLevel(logging.WARNING)
