@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from vlm.cli import UsageError, make_parser, run
+from vlm.cli import UsageError, add_study_options, make_parser, run
 
 logger = logging.getLogger("distill.finalize")
 
@@ -23,17 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Distill one promoted trial from the teacher, evaluate it on the full validation split, save the model "
         "and test predictions, and record the result in the study.",
     )
-    parser.add_argument(
-        "--study", required=True, help="study name (studies/<name>.toml) or a .toml path, e.g. demo"
-    )
+    add_study_options(parser)
     parser.add_argument(
         "--trial",
         required=True,
         help="a promoted trial's number (see `python -m distill.promote`), or 'best': the promoted trial "
         "with the fewest FLOPs",
-    )
-    parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
     )
     parser.add_argument(
         "--allow-unpromoted",

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from search.storage import load_existing_study
 from search.study import is_feasible
 from search.study_config import load_study_config
-from vlm.cli import UsageError, make_parser, run
+from vlm.cli import UsageError, add_study_options, make_parser, run
 
 logger = logging.getLogger("distill.promote")
 
@@ -92,12 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "List the trials worth distilling (the constrained Pareto set plus near-threshold big savings) and "
         "record them in the study.",
     )
-    parser.add_argument(
-        "--study", required=True, help="study name (studies/<name>.toml) or a .toml path, e.g. demo"
-    )
-    parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
-    )
+    add_study_options(parser)
     return parser
 
 

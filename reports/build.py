@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vlm.cli import UsageError, make_parser, run
+from vlm.cli import UsageError, add_study_options, make_parser, run
 
 logger = logging.getLogger("reports.build")
 
@@ -22,12 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Build the report of a study: one self-contained HTML page (plotly, offline) with the Pareto front "
         "under the ratio·X line,\nand every table as CSV and Markdown.",
     )
-    parser.add_argument(
-        "--study", required=True, help="study name (studies/<name>.toml) or a .toml path, e.g. demo"
-    )
-    parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
-    )
+    add_study_options(parser)
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: reports/<name> under $VLMC_HOME or .)"
     )

@@ -54,6 +54,16 @@ def make_parser(module: str, description: str, epilog: str | None = None) -> arg
     return parser
 
 
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """`--study` (required) and `--storage`: how every command that reads a study finds it."""
+    parser.add_argument(
+        "--study", required=True, help="study name (studies/<name>.toml) or a .toml path, e.g. demo"
+    )
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/<name>.db)"
+    )
+
+
 def setup_logging(verbose: bool, fmt: str = LOG_FORMAT) -> None:
     """Configure the root logger (a no-op when it already has a handler, so no line is printed twice and a
     caller's own logging, pytest's included, is kept) and silence warnings a user cannot act on."""

@@ -262,7 +262,7 @@ class ConnectorConfig:
     keep_tokens: None keeps every connector output; an int keeps that many per view, chosen by `keep_by`
         ("norm": largest L2 norm; "score": a scorer of width `scorer_width` trained from scratch).
     merge_schedule: () = the plain vision encoder; else tokens merged (ToMe) in each encoder block, already
-        clamped (`vlm.reducers.effective_merge_schedule`), un-merged to the full patch grid at the end.
+        clamped (`vlm.plan.effective_merge_schedule`), un-merged to the full patch grid at the end.
     """
 
     token_grid: int | None = None

@@ -16,7 +16,7 @@ and token merging (ToMe) inside the vision encoder.
   add log(size) to the attention logits (proportional attention). After the last block every original
   patch position gets a copy of the token it was merged into (un-merging), so the connector sees the full
   patch grid. A block merges at most floor(N/2) of its N tokens (as in ToMe), so r is clamped when the grid
-  is small; `effective_merge_schedule` gives the clamped schedule that both the model and the FLOP count use.
+  is small; `vlm.plan.effective_merge_schedule` gives the clamped schedule that both the model and the FLOP count use.
 
 Every shape depends only on (tokens, k, r), never on the data, so `torch.jit.trace` (fvcore) records the
 real computation.
@@ -29,8 +29,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from vlm.plan import effective_merge_schedule, merged_token_counts  # noqa: F401 (re-exported)
 
 
 # ----- token merging -----------------------------------------------------------------------------------------

@@ -14,13 +14,8 @@ import torch
 from vlm.compression import CompressionError, compress, plan_student
 from vlm.config import CompressionConfig, VLMConfig
 from vlm.flops import count_question, vision_flops_per_view
-from vlm.reducers import (
-    _attention,
-    bipartite_merge,
-    effective_merge_schedule,
-    merged_token_counts,
-    merged_vision_forward,
-)
+from vlm.plan import effective_merge_schedule, merged_token_counts
+from vlm.reducers import _attention, bipartite_merge, merged_vision_forward
 
 IMAGE = (64, 32)
 
