@@ -61,6 +61,7 @@ class ProbeSetting:
     word_fraction: float = 0.0  # share of examples answered with the word instead of the letter
     word_steps: int = 0  # curriculum: the first word_steps steps answer with words only
     choice_flags: bool = True  # each option's last token predicts its letter if correct, else "no"
+    drill_fraction: float = 0.0  # share of rows that are the text-only letter drill ("Which option is red?")
     layers: int = 4
     width: int = 192
     inter: int = 512
@@ -81,8 +82,9 @@ class ProbeSetting:
             raise ValueError(f"scene_format must be grid or region, got {self.scene_format!r}")
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
-        if not 0 <= self.word_fraction <= 1:
-            raise ValueError(f"word_fraction must be in [0, 1], got {self.word_fraction}")
+        for name in ("word_fraction", "drill_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.width % self.heads or self.heads % self.kv_heads:
             raise ValueError(
                 f"width {self.width}, heads {self.heads}, kv_heads {self.kv_heads} do not divide"
@@ -115,6 +117,16 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         _v("region words instead of cells", scene_format="region", word_fraction=0.5),
         _v("no flags, half words half letters", choice_flags=False, word_fraction=0.5),
     ),
+    "drill": (
+        _v("half words half letters + 25% letter drill", word_fraction=0.5, drill_fraction=0.25),
+        _v("letters + 25% letter drill", drill_fraction=0.25),
+        _v(
+            "words 300 steps, then half words half letters + drill",
+            word_fraction=0.5,
+            word_steps=300,
+            drill_fraction=0.25,
+        ),
+    ),
     "oracle": (
         _v("oracle vision, half words half letters", scene_input="oracle", word_fraction=0.5),
         _v("no scene (text-only floor)", scene_input="none", word_fraction=0.5),
@@ -125,6 +137,7 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
             "tiny oracle",
             scene_input="oracle",
             word_fraction=0.5,
+            drill_fraction=0.5,
             layers=1,
             width=32,
             inter=64,
@@ -225,6 +238,13 @@ class World:
         grid = (height // self.spec.view_size, width // self.spec.view_size)
         classes, centres = patch_labels(scene, image, self.spec, self.cfg.vit_patch_size)
         return image_placeholder_for(grid, self.spec, self.cfg.vlm_extra_tokens), (classes, centres)
+
+    def drill(self, rng: random.Random):
+        """The demo teacher's stage-2 letter drill (`vlm.demo.sessions.letter_mapping_prompt`), no image."""
+        from vlm.demo.sessions import letter_mapping_prompt
+
+        sequence = letter_mapping_prompt(rng, self.tokenizer)
+        return sequence.input_ids, sequence.labels, None
 
     def example(self, scene, question, setting: ProbeSetting, word: bool):
         """(ids, labels, oracle labels): labels are -100 except the answer, its end and the flags."""
@@ -330,9 +350,11 @@ def _collate(rows, pad_id: int):
         ids[i, : len(seq)] = torch.tensor(seq)
         labels[i, : len(lab)] = torch.tensor(lab)
         mask[i, : len(seq)] = 1
+    # Rows without an image (letter drill) have no image tokens: only the others' labels fill the slots.
+    with_image = [r[2] for r in rows if r[2] is not None]
     oracle = None
-    if rows[0][2] is not None:
-        oracle = (torch.stack([r[2][0] for r in rows]), torch.stack([r[2][1] for r in rows]))
+    if with_image:
+        oracle = (torch.stack([o[0] for o in with_image]), torch.stack([o[1] for o in with_image]))
     return ids, labels, mask, oracle
 
 
@@ -455,9 +477,12 @@ def run_setting(
     model.train()
     for step in range(steps):
         p_word = 1.0 if step < setting.word_steps else setting.word_fraction
-        rows = [
+        n_drill = 0
+        if setting.drill_fraction:
+            n_drill = sum(rng.random() < setting.drill_fraction for _ in range(setting.batch_size))
+        rows = [world.drill(rng) for _ in range(n_drill)] + [
             world.example(s, q, setting, word=rng.random() < p_word)
-            for s, q in (next(stream) for _ in range(setting.batch_size))
+            for s, q in (next(stream) for _ in range(setting.batch_size - n_drill))
         ]
         ids, labels, mask, oracle = _collate(rows, pad)
         for group in optimizer.param_groups:
@@ -489,10 +514,34 @@ def run_setting(
                 point["mcq"],
                 point["answer_loss"],
                 f" word {point['word']:.3f}" if "word" in point else "",
-                " ".join(f"{k[:4]} {v['mcq']:.2f}" for k, v in point["per_kind"].items()),
+                " ".join(
+                    f"{k[:4]} {v['mcq']:.2f}" + (f"/{v['word']:.2f}" if "word" in v else "")
+                    for k, v in point["per_kind"].items()
+                ),
                 point["seconds"],
             )
     return {"setting": dataclasses.asdict(setting), "steps": steps, "curve": curve}
+
+
+def summary_rows(results: list[dict], at_steps: tuple[int, ...]) -> list[str]:
+    """Markdown table rows: each variant's per-kind MCQ accuracy, overall, word accuracy and answer loss at
+    each of ``at_steps`` it reached (equal steps across variants)."""
+    rows = [
+        "| variant | step | attribute | count | presence | size | spatial | MCQ | word | answer loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for point in result["curve"]:
+            if point["step"] not in at_steps:
+                continue
+            kinds = [point["per_kind"].get(k, {}).get("mcq") for k in sorted(KINDS)]
+            cells = ["" if v is None else f"{v:.2f}" for v in kinds]
+            word = f"{point['word']:.2f}" if "word" in point else ""
+            rows.append(
+                f"| {result['setting']['name']} | {point['step']} | {' | '.join(cells)} | {point['mcq']:.3f} "
+                f"| {word} | {point['answer_loss']:.2f} |"
+            )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -516,12 +565,26 @@ def _parser():
         default=None,
         help="JSON results (default benchmarks/results/symbolic_probe_<grid>.json)",
     )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        help="print a markdown table of these result files at the --at steps instead of training",
+    )
+    parser.add_argument("--at", type=int, nargs="+", default=[300, 600], help="steps for --summarize")
     return parser
 
 
 def _main(args) -> None:
     import torch
 
+    if args.summarize:
+        for path in args.summarize:
+            if not path.is_file():
+                raise UsageError(f"{path} is not a file; pass result JSON files written by this probe")
+        results = [r for path in args.summarize for r in json.loads(path.read_text())]
+        print("\n".join(summary_rows(results, tuple(args.at))))  # noqa: T201 - the command's output
+        return
     if args.grid not in GRIDS:
         raise UsageError(f"unknown grid {args.grid!r}; choose one of {', '.join(GRIDS)}")
     if args.steps < 1 or args.eval_every < 1 or args.eval_questions < 5:

@@ -85,3 +85,19 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="kinds"):
         ProbeSetting(name="x", kinds=("colour",))
     assert list(itertools.islice(training_stream(0, ("count",)), 3))[0][1].kind == "count"
+
+
+def test_drill_rows_without_image_mix_with_oracle_rows(world):
+    import random
+
+    from benchmarks.symbolic_scene_probe import _collate, _forward, build_model
+
+    setting = GRIDS["tiny"][1]
+    scene, question = next(training_stream(2, KINDS))
+    rows = [world.drill(random.Random(0)), world.example(scene, question, setting, word=False)]
+    assert rows[0][2] is None and world.image_token not in rows[0][0]
+    ids, labels, mask, oracle = _collate(rows, world.tokenizer.pad_token_id)
+    assert oracle[0].shape == (1, 3, 64)  # only the scene row's labels fill image slots
+    model, oracle_module = build_model(setting, world)
+    logits = _forward(model, oracle_module, world, ids, mask, oracle)
+    assert logits.shape[:2] == ids.shape
