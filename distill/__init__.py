@@ -1,1 +1,1 @@
-"""Distillation from the full teacher: the loss, the accelerate training loop, promotion and finalize CLIs."""
+"""Distillation from the full teacher (loss: `vlm.distillation`): the accelerate loop, promotion, finalize CLIs."""

@@ -34,12 +34,12 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 
-from distill.losses import DistillationLoss
 from search.study_config import DistillSettings
 from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
 from vlm.config import CompressionConfig
 from vlm.data import VQAExample
+from vlm.distillation import DistillationLoss
 from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids
 from vlm.model import VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from distill.losses import DistillationLoss
 from search.trial_eval import SubsetEvaluator, vision_key
+from vlm.distillation import DistillationLoss
 from vlm.evaluate import all_letter_logits, letter_token_ids, mcq_letter_logits
 from vlm.model import VisionLanguageModel
 from vlm.plan import StudentPlan

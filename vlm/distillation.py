@@ -4,6 +4,9 @@ loss = kd_weight * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 -
 
 The T² factor keeps the soft-target gradients on the same scale as the hard ones when T changes
 (Hinton et al., 2015, https://arxiv.org/abs/1503.02531).
+
+It lives in `vlm/`, beside `vlm.supervised`, because two packages train with it: the search's warm-up of fresh
+weights (`search.warmup`) and the finalize distillation (`distill.train`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from peft import PeftModel
 from transformers import LlamaForCausalLM
 
 import distill.train
-from distill.losses import DistillationLoss
 from distill.train import (
     STATE_FILE,
     DistillationDiverged,
@@ -28,6 +27,7 @@ from distill.train import (
 from tests.distill.conftest import TRAIN
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.config import CompressionConfig
+from vlm.distillation import DistillationLoss
 from vlm.evaluate import encode_mcq
 from vlm.processing import collate
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distill.losses import DistillationLoss
+from vlm.distillation import DistillationLoss
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
