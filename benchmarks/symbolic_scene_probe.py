@@ -61,6 +61,7 @@ class ProbeSetting:
     word_fraction: float = 0.0  # share of examples answered with the word instead of the letter
     word_steps: int = 0  # curriculum: the first word_steps steps answer with words only
     choice_flags: bool = True  # each option's last token predicts its letter if correct, else "no"
+    turns: int = 1  # questions per scene, as consecutive chat turns (the scene only in the first)
     drill_fraction: float = 0.0  # share of rows that are the text-only letter drill ("Which option is red?")
     layers: int = 4
     width: int = 192
@@ -85,6 +86,8 @@ class ProbeSetting:
         for name in ("word_fraction", "drill_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.turns < 1:
+            raise ValueError(f"turns must be >= 1, got {self.turns}")
         if self.width % self.heads or self.heads % self.kv_heads:
             raise ValueError(
                 f"width {self.width}, heads {self.heads}, kv_heads {self.kv_heads} do not divide"
@@ -138,6 +141,7 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
             scene_input="oracle",
             word_fraction=0.5,
             drill_fraction=0.5,
+            turns=2,
             layers=1,
             width=32,
             inter=64,
@@ -202,13 +206,15 @@ class World:
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def prompt(self, scene, question, setting: ProbeSetting, word: bool):
+    def prompt(self, scene, question, setting: ProbeSetting, word: bool, with_scene: bool = True):
         """Prompt ids, choice-flag labels (or None) and the oracle's patch labels (or None)."""
         from vlm.demo.sessions import choice_flag_labels
         from vlm.processing import DA_INSTRUCTION, MCQ_INSTRUCTION, build_prompt, mcq_user_text
 
         labels = None
-        if setting.scene_input == "text":
+        if not with_scene:
+            prefix = ""
+        elif setting.scene_input == "text":
             prefix = scene_text(scene, setting.scene_format) + "\n"
         elif setting.scene_input == "oracle":
             prefix, labels = self._oracle(scene)
@@ -246,9 +252,22 @@ class World:
         sequence = letter_mapping_prompt(rng, self.tokenizer)
         return sequence.input_ids, sequence.labels, None
 
-    def example(self, scene, question, setting: ProbeSetting, word: bool):
+    def session(self, scene, questions, setting: ProbeSetting, words: list[bool]):
+        """Several questions about one scene as consecutive turns, the scene in the first turn only (the
+        demo teacher's `vqa_session` layout): one scene's tokens then pay for several answers."""
+        ids: list[int] = []
+        labels: list[int] = []
+        oracle = None
+        for turn, (question, word) in enumerate(zip(questions, words, strict=True)):
+            seq, lab, orc = self.example(scene, question, setting, word, with_scene=turn == 0)
+            ids += seq
+            labels += lab
+            oracle = oracle if turn else orc
+        return ids, labels, oracle
+
+    def example(self, scene, question, setting: ProbeSetting, word: bool, with_scene: bool = True):
         """(ids, labels, oracle labels): labels are -100 except the answer, its end and the flags."""
-        prompt, flags, oracle = self.prompt(scene, question, setting, word)
+        prompt, flags, oracle = self.prompt(scene, question, setting, word, with_scene)
         if word:
             answer = [*self.ids(question.answer), self.im_end]
         else:
@@ -270,6 +289,29 @@ def training_stream(seed: int, kinds: tuple[str, ...]):
             if question is not None:
                 yield scene, question
                 break
+
+
+def session_stream(seed: int, kinds: tuple[str, ...], turns: int):
+    """Endless (scene, questions): up to ``turns`` questions of the given kinds about each fresh scene,
+    count answers re-targeted to what the scene supports (`vlm.demo.sessions.balanced_count_plan`)."""
+    from vlm.demo.scenes import draw_plan, make_question, sample_scene
+    from vlm.demo.sessions import balanced_count_plan
+
+    rng = random.Random(f"symbolic-probe-sessions/{seed}")
+    while True:
+        scene = sample_scene(rng)
+        questions = []
+        for _ in range(4 * turns):  # a scene cannot support every question: retry a few times
+            if len(questions) == turns:
+                break
+            plan = draw_plan(rng, rng.choice(kinds))
+            if plan.kind == "count":
+                plan = balanced_count_plan(scene, rng, plan)
+            question = make_question(scene, rng, plan=plan)
+            if question is not None:
+                questions.append(question)
+        if questions:
+            yield scene, questions
 
 
 def held_out(n: int, kinds: tuple[str, ...]):
@@ -470,6 +512,7 @@ def run_setting(
     )
     pairs = held_out(eval_questions, setting.kinds)
     stream = training_stream(setting.seed, setting.kinds)
+    sessions = session_stream(setting.seed, setting.kinds, setting.turns)
     rng = random.Random(f"symbolic-probe-mix/{setting.seed}")
     trains_words = setting.word_fraction > 0 or setting.word_steps > 0
     pad = world.tokenizer.pad_token_id
@@ -480,10 +523,18 @@ def run_setting(
         n_drill = 0
         if setting.drill_fraction:
             n_drill = sum(rng.random() < setting.drill_fraction for _ in range(setting.batch_size))
-        rows = [world.drill(rng) for _ in range(n_drill)] + [
-            world.example(s, q, setting, word=rng.random() < p_word)
-            for s, q in (next(stream) for _ in range(setting.batch_size - n_drill))
-        ]
+        rows = [world.drill(rng) for _ in range(n_drill)]
+        if setting.turns == 1:
+            rows += [
+                world.example(s, q, setting, word=rng.random() < p_word)
+                for s, q in (next(stream) for _ in range(setting.batch_size - n_drill))
+            ]
+        else:  # batch_size counts questions: ceil((batch_size - drill rows) / turns) sessions
+            for _ in range(-(-(setting.batch_size - n_drill) // setting.turns)):
+                scene, questions = next(sessions)
+                rows.append(
+                    world.session(scene, questions, setting, [rng.random() < p_word for _ in questions])
+                )
         ids, labels, mask, oracle = _collate(rows, pad)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, setting)

@@ -101,3 +101,15 @@ def test_drill_rows_without_image_mix_with_oracle_rows(world):
     model, oracle_module = build_model(setting, world)
     logits = _forward(model, oracle_module, world, ids, mask, oracle)
     assert logits.shape[:2] == ids.shape
+
+
+def test_sessions_put_the_scene_in_the_first_turn_only(world):
+    from benchmarks.symbolic_scene_probe import session_stream
+
+    setting = ProbeSetting(name="s", scene_input="oracle", turns=3)
+    scene, questions = next(session_stream(0, KINDS, 3))
+    assert 1 <= len(questions) <= 3
+    ids, labels, (classes, _) = world.session(scene, questions, setting, [False] * len(questions))
+    assert sum(t == world.image_token for t in ids) == classes.numel()  # one image for all turns
+    answers = [t for t in labels if t in world.letters]
+    assert len(answers) == 2 * len(questions)  # each turn: one flagged option and the answer letter
