@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -33,6 +32,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from search.study_config import DistillSettings
 from vlm.checkpoint import disk_full_as_error, require_free_space
@@ -308,14 +308,9 @@ def train_student(
         [{"params": fresh, "lr": settings.resampler_lr}, {"params": others, "lr": settings.lr}],
         weight_decay=0.0,
     )
-    warmup = max(1, settings.steps // 20)
-
-    def lr_scale(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, settings.steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
+    # Linear warm-up over the first 5% of the steps (from 0: under 20 steps there is none), then cosine
+    # decay to 0; a LambdaLR, so accelerate checkpoints and restores its step with the optimizer.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, settings.steps // 20, settings.steps)
     fingerprint = run_fingerprint(student, settings, teacher_logits, examples, seed, da_fraction)
     # What a checkpoint holds: the weights and AdamW's two moments of each trained one.
     state_bytes = sum(

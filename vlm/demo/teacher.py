@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vlm.checkpoint import save_pretrained
 from vlm.config import VLMConfig
@@ -83,15 +83,6 @@ def init_for_scratch_training(model: VisionLanguageModel) -> None:
         model.vision_encoder.embeddings.position_embedding.weight.normal_(0.0, 0.02)
 
 
-def lr_at(step: int, total: int, config: TeacherTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio * lr."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
 def _decoder_stage(
     model: VisionLanguageModel,
     name: str,
@@ -108,14 +99,16 @@ def _decoder_stage(
         lr=config.lr,
         betas=(0.9, 0.98),
     )
+    # Linear warm-up from 0, then cosine decay to min_lr_ratio * lr.
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, config.warmup_steps, steps, min_lr_rate=config.min_lr_ratio
+    )
     model.train()
     running = float("nan")
     start = time.time()
     progress = tqdm(range(steps), desc=name)
     for step in progress:
         batch = collate_sequences(make_batch(), pad_id)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, config)
         loss = sequence_loss(model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; lower the lr")
@@ -123,6 +116,7 @@ def _decoder_stage(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        scheduler.step()
         running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
         progress.set_postfix(loss=f"{running:.3f}")
         if (step + 1) % config.log_every == 0:

@@ -17,7 +17,6 @@ Training uses freshly generated scenes (never the dataset's) and linear heads th
 from __future__ import annotations
 
 import logging
-import math
 import random
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vlm.config import ImageSpec
 from vlm.demo.scenes import COLORS, SHAPES, SIZE_RANGES, Scene, render_scene, sample_scene
@@ -127,17 +127,12 @@ class PatchHeads(nn.Module):
         )
 
 
-def vision_lr_at(step: int, total: int, lr: float, warmup: int = 50, min_ratio: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio * lr``.
-
-    Measured on 200 held-out scenes: with a constant lr, per-patch class accuracy on small objects was
-    0.60 (crops) / 0.50 (global view) after 1,400 steps; cosine decay over 2,800 steps reached 0.89 / 0.84
-    (0.81 / 0.71 at step 2,100). Small objects are what attribute questions ask about.
-    """
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+# Linear warm-up over the first steps, then cosine decay to 10% of the lr. Measured on 200 held-out scenes:
+# with a constant lr, per-patch class accuracy on small objects was 0.60 (crops) / 0.50 (global view) after
+# 1,400 steps; cosine decay over 2,800 steps reached 0.89 / 0.84 (0.81 / 0.71 at step 2,100). Small objects
+# are what attribute questions ask about.
+VISION_WARMUP_STEPS = 50
+VISION_MIN_LR_RATIO = 0.1
 
 
 def _labelled_views(
@@ -182,18 +177,20 @@ def pretrain_vision(
     heads = PatchHeads(model.cfg.vit_hidden_dim, spec.view_size // patch)
     params = list(model.vision_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, VISION_WARMUP_STEPS, steps, min_lr_rate=VISION_MIN_LR_RATIO
+    )
     model.vision_encoder.train()
     loss_value = float("nan")
     progress = tqdm(range(steps), desc="pretrain vision")
-    for step in progress:
+    for _ in progress:
         views, classes, centres = _labelled_views(rng, batch_size, spec, patch)
         features = model.vision_encoder(pixel_values=views).last_hidden_state  # [N, P, D]
         loss = heads.loss(features, classes, centres)
-        for group in optimizer.param_groups:
-            group["lr"] = vision_lr_at(step, steps, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         loss_value = float(loss.detach())
         progress.set_postfix(loss=f"{loss_value:.3f}")
     model.vision_encoder.eval()
