@@ -215,6 +215,7 @@ def dryrun_study_config(config, teacher_dir: Path, data_dir: Path, scale: DryRun
             # multiply the time (the measured memory per question is scaled up in the estimate instead).
             resampler_warmup_batch_size=min(config.search.resampler_warmup_batch_size, scale.warmup),
             latency_questions=min(config.search.latency_questions, scale.questions),
+            exact_stage_memory=True,  # each stage's own peak (search.stages), whatever it costs
         ),
         distill=replace(
             config.distill,

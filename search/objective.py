@@ -159,7 +159,8 @@ class Objective:
             trial.set_user_attr("invalid_reason", str(err))
             raise optuna.TrialPruned(f"invalid config: {err}") from err
         try:
-            meter = StageMeter(next(ctx.teacher.parameters()).device)  # seconds and peak memory by stage
+            # seconds and peak memory by stage
+            meter = StageMeter(next(ctx.teacher.parameters()).device, exact=search.exact_stage_memory)
             # A resampler starts from fresh weights: seed them by trial, so a trial scores the same whatever
             # ran before it in this process (a resumed study, another worker, a different trial order).
             with meter.stage("build"), torch.random.fork_rng(devices=[]):

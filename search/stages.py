@@ -3,9 +3,15 @@ trial's `stages` user attribute so a study (a dry run above all) says where a tr
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` after resetting the peak; on the CPU the process's
 peak resident set (`VmHWM` of /proc/self/status) after resetting it to the current RSS (`5` written to
-/proc/self/clear_refs) after handing the allocator's free pages back (malloc_trim), as
-`vlm.timing.measure_memory` does. Both include what was resident before the stage
-(the teacher's weights above all). Where neither works the peak is None.
+/proc/self/clear_refs). Both include what was resident before the stage (the teacher's weights above all).
+Where neither works the peak is None.
+
+On the CPU the resident set also holds pages freed earlier but kept by the allocator (a warm-up's retained
+pages made every later stage read its peak). `exact=True` (`[search] exact_stage_memory`, which the dry run
+sets) collects garbage and hands those pages back (malloc_trim) before each stage, as
+`vlm.timing.measure_memory` does, so a stage's peak is its own. That costs a full `gc.collect()` per stage,
+~0.3 s with torch and transformers loaded: it made the demo search's trials (~2 s each) 1.1 s slower, so
+by default a stage's CPU peak is only an upper bound (the seconds are exact either way).
 """
 
 from __future__ import annotations
@@ -63,15 +69,20 @@ def _peak(device: torch.device) -> int | None:
 
 
 class StageMeter:
-    """`with meter.stage("score"): ...` records that stage's seconds and peak memory (bytes)."""
+    """`with meter.stage("score"): ...` records that stage's seconds and peak memory (bytes).
 
-    def __init__(self, device: torch.device):
+    `exact`: on the CPU, collect garbage and trim the allocator before each stage so its peak is its own
+    (see the module docstring for the cost); otherwise the peak may include pages kept from earlier stages.
+    """
+
+    def __init__(self, device: torch.device, exact: bool = False):
         self.device = torch.device(device)
+        self.exact = exact
         self.stages: dict[str, dict[str, Any]] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if self.device.type != "cuda":
+        if self.exact and self.device.type != "cuda":
             _trim_allocator()
         before = (
             torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else _vm_field("VmRSS")

@@ -1,8 +1,10 @@
-"""Stage seconds and peak memory (search.stages): a large stage shows in its own peak, not in the next one's,
-and the polled peak survives a reset of the kernel's high-water mark inside the block."""
+"""Stage seconds and peak memory (search.stages): with `exact` a large stage shows in its own peak, not in the
+next one's; without it no stage forces a garbage collection (it cost the demo search ~1 s per trial); the
+polled peak survives a reset of the kernel's high-water mark inside the block."""
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ MB = 2**20
 
 @linux
 def test_a_stage_peak_is_its_own():
-    meter = StageMeter(torch.device("cpu"))
+    meter = StageMeter(torch.device("cpu"), exact=True)
     with meter.stage("big"):
         block = torch.ones(100 * MB // 4)  # 100 MB
         del block
@@ -31,6 +33,36 @@ def test_a_stage_peak_is_its_own():
     assert big["peak_bytes"] - big["before_bytes"] >= 90 * MB
     assert small["peak_bytes"] - small["before_bytes"] < 50 * MB  # the freed 100 MB were handed back
     assert big["seconds"] >= 0 and small["seconds"] >= 0
+
+
+@linux
+def test_only_exact_stages_collect_garbage():
+    generations = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection: any seen below was forced by a stage
+    gc.callbacks.append(on_gc)
+    try:
+        cheap = StageMeter(torch.device("cpu"))
+        for name in ("build", "score"):
+            with cheap.stage(name):
+                torch.ones(1000)
+        after_cheap = list(generations)
+        exact = StageMeter(torch.device("cpu"), exact=True)
+        with exact.stage("build"):
+            torch.ones(1000)
+    finally:
+        gc.callbacks.remove(on_gc)
+        if enabled:
+            gc.enable()
+    assert after_cheap == []
+    assert generations == [2]  # one full collection, before the exact stage
+    for record in cheap.as_dict().values():  # a cheap stage still has its seconds and an upper-bound peak
+        assert record["seconds"] >= 0 and record["peak_bytes"] >= record["before_bytes"] > 0
 
 
 @linux
