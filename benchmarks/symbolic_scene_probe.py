@@ -61,6 +61,8 @@ class ProbeSetting:
     word_fraction: float = 0.0  # share of examples answered with the word instead of the letter
     word_steps: int = 0  # curriculum: the first word_steps steps answer with words only
     choice_flags: bool = True  # each option's last token predicts its letter if correct, else "no"
+    first_kinds: tuple[str, ...] = ()  # curriculum: the first first_steps steps ask only these kinds
+    first_steps: int = 0
     turns: int = 1  # questions per scene, as consecutive chat turns (the scene only in the first)
     drill_fraction: float = 0.0  # share of rows that are the text-only letter drill ("Which option is red?")
     layers: int = 4
@@ -83,6 +85,8 @@ class ProbeSetting:
             raise ValueError(f"scene_format must be grid or region, got {self.scene_format!r}")
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
+        if set(self.first_kinds) - set(self.kinds) or (self.first_steps > 0) != bool(self.first_kinds):
+            raise ValueError("first_kinds must be a non-empty subset of kinds exactly when first_steps > 0")
         for name in ("word_fraction", "drill_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -110,7 +114,16 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         _v("all kinds, half words half letters", word_fraction=0.5),
         _v("all kinds, letters, lr 1e-3 no warm-up (the wall)", lr=1e-3, warmup=0, min_lr_ratio=1.0),
     ),
+    "kinds": (_v("presence 300 steps, then all kinds, letters", first_kinds=("presence",), first_steps=300),),
     "shape": (
+        _v(
+            "8 blocks x 128, half words half letters + drill",
+            layers=8,
+            width=128,
+            inter=352,
+            word_fraction=0.5,
+            drill_fraction=0.25,
+        ),
         _v("6 blocks x 128", layers=6, width=128, inter=352),
         _v("2 blocks x 256", layers=2, width=256, inter=704),
         _v("lr 1e-3 with warm-up", lr=1e-3),
@@ -131,6 +144,12 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         ),
     ),
     "oracle": (
+        _v(
+            "oracle vision, 8 turns, half words half letters",
+            scene_input="oracle",
+            turns=8,  # drill rows would be padded to a session's ~530 tokens: none here
+            word_fraction=0.5,
+        ),
         _v("oracle vision, half words half letters", scene_input="oracle", word_fraction=0.5),
         _v("no scene (text-only floor)", scene_input="none", word_fraction=0.5),
     ),
@@ -511,8 +530,16 @@ def run_setting(
         betas=(0.9, 0.98),
     )
     pairs = held_out(eval_questions, setting.kinds)
-    stream = training_stream(setting.seed, setting.kinds)
-    sessions = session_stream(setting.seed, setting.kinds, setting.turns)
+    streams = {
+        False: (
+            training_stream(setting.seed, setting.kinds),
+            session_stream(setting.seed, setting.kinds, setting.turns),
+        ),
+        True: (
+            training_stream(setting.seed, setting.first_kinds or setting.kinds),
+            session_stream(setting.seed, setting.first_kinds or setting.kinds, setting.turns),
+        ),
+    }
     rng = random.Random(f"symbolic-probe-mix/{setting.seed}")
     trains_words = setting.word_fraction > 0 or setting.word_steps > 0
     pad = world.tokenizer.pad_token_id
@@ -520,6 +547,7 @@ def run_setting(
     model.train()
     for step in range(steps):
         p_word = 1.0 if step < setting.word_steps else setting.word_fraction
+        stream, sessions = streams[step < setting.first_steps]
         n_drill = 0
         if setting.drill_fraction:
             n_drill = sum(rng.random() < setting.drill_fraction for _ in range(setting.batch_size))
