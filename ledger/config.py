@@ -118,7 +118,7 @@ class SearchSettings:
     latency_warmup: int = 1  # untimed passes of student and teacher first
     latency_repeats: int = 5  # timed rounds (teacher and student alternately); the median ratio is kept
     # Each trial stage's own peak memory on the CPU: collect garbage and trim the allocator before every stage
-    # (search.stages). ~0.3 s per stage with torch loaded, so off by default (then a stage's peak may include
+    # (search.stages). ~0.4 s per stage with torch loaded, so off by default (then a stage's peak may include
     # pages kept from earlier stages); the dry run turns it on.
     exact_stage_memory: bool = False
 

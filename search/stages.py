@@ -9,9 +9,10 @@ Where neither works the peak is None.
 On the CPU the resident set also holds pages freed earlier but kept by the allocator (a warm-up's retained
 pages made every later stage read its peak). `exact=True` (`[search] exact_stage_memory`, which the dry run
 sets) collects garbage and hands those pages back (malloc_trim) before each stage, as
-`vlm.timing.measure_memory` does, so a stage's peak is its own. That costs a full `gc.collect()` per stage,
-~0.3 s with torch and transformers loaded: it made the demo search's trials (~2 s each) 1.1 s slower, so
-by default a stage's CPU peak is only an upper bound (the seconds are exact either way).
+`vlm.timing.measure_memory` does, so a stage's peak is its own. That costs a full `gc.collect()` per stage
+(~0.3 s with torch and transformers loaded) and the trimmed pages' faults after it: on every demo trial it
+cost 1.6 s (30 trials of `make demo`'s study on 1 thread: 8.2 s per trial against 6.6 s), so by default a
+stage's CPU peak is only an upper bound (the seconds are exact either way).
 """
 
 from __future__ import annotations
