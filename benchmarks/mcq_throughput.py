@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from vlm.atomic import write_json
 from vlm.data import iter_examples
 from vlm.demo.dataset import generate_split
 from vlm.demo.teacher import build_demo_tokenizer, demo_vlm_config
-from vlm.evaluate import EvalConfig, encode_mcq, iter_mcq, write_json_atomic
+from vlm.evaluate import EvalConfig, encode_mcq, iter_mcq
 from vlm.model import VisionLanguageModel
 from vlm.tokenizer import special_token_ids
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "cuda_device": torch.cuda.get_device_name(0) if len(devices) > 1 else None,
         "results": rows,
     }
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     logger.info("wrote %s", args.out)
 
 

@@ -35,6 +35,7 @@ from search.study import FINALIZED_PREFIX
 from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator
 from search.world import load_split, load_teacher, teacher_path
+from vlm.atomic import write_json
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
 from vlm.config import BenchSettings, CompressionConfig
@@ -43,7 +44,6 @@ from vlm.evaluate import (
     evaluate_direct_answer,
     evaluate_mcq,
     leaderboard_predictions,
-    write_json_atomic,
 )
 from vlm.timing import SHORT, compare_speed
 
@@ -166,7 +166,7 @@ def finalize(
             "distill": train_info,
         }
         save_pretrained(student, model_dir, tokenizer=tokenizer, extras=extras)
-        write_json_atomic(run_dir / "train_result.json", train_info)
+        write_json(run_dir / "train_result.json", train_info)
         remove_checkpoints(run_dir)  # the saved model supersedes them (gigabytes on the real model)
         student = load_pretrained(
             model_dir, device=next(teacher.parameters()).device
@@ -195,7 +195,7 @@ def finalize(
     test = load_split(config.data, "test", None)
     test_mcq = evaluate_mcq(student, tokenizer, test, eval_config)
     test_da = evaluate_direct_answer(student, tokenizer, test, eval_config)
-    predictions = write_json_atomic(
+    predictions = write_json(
         run_dir / "predictions_test.json", leaderboard_predictions(test, test_mcq, test_da)
     )
 
@@ -223,5 +223,5 @@ def finalize(
         "seconds": time.time() - start,
     }
     study.set_user_attr(f"{FINALIZED_PREFIX}{trial.number}", record)
-    write_json_atomic(run_dir / "result.json", record)
+    write_json(run_dir / "result.json", record)
     return _shared_record(state, record)

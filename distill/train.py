@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from search.study_config import DistillSettings
+from vlm.atomic import atomic_file, replace_dir
 from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
 from vlm.config import CompressionConfig
@@ -103,10 +104,8 @@ def teacher_letter_logits_cached(
         cache_file,
     )
     logits = all_letter_logits(teacher, tokenizer, examples, batch_size, progress="teacher outputs")
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save(logits, tmp)
-    tmp.replace(cache_file)
+    with atomic_file(cache_file) as tmp:
+        torch.save(logits, tmp)
     return logits
 
 
@@ -243,13 +242,8 @@ def _save_state(
                 json.dumps({"step": step, "rng": rng_state, "fingerprint": fingerprint})
             )
     if main:
-        final = run_dir / "checkpoint"
-        old = run_dir / "checkpoint.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)  # a kill just before this leaves only checkpoint.old/: still a complete checkpoint
-        shutil.rmtree(old, ignore_errors=True)
+        # A kill in the middle of the swap leaves only checkpoint.old/: still a complete checkpoint.
+        replace_dir(tmp, run_dir / "checkpoint", old=run_dir / "checkpoint.old")
     accelerator.wait_for_everyone()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from reports import figures
 from reports.data import ReportData, headline, hypervolume_reference, report_data, state_counts
 from search.storage import load_existing_study
 from search.study_config import DRY_RUN_SUFFIX, StudyConfig
+from vlm.atomic import atomic_file, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 # ----- files ---------------------------------------------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> Path:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (pandas' `to_markdown` needs `tabulate`, not a dependency here)."""
 
@@ -358,9 +349,8 @@ def render_png(html_path: str | Path, png_path: str | Path, window: tuple[int, i
     if binary is None:
         raise RuntimeError("chromium not found; install it with `apt-get install -y chromium`")
     png = Path(png_path)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    with atomic_file(png) as tmp, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        tmp.unlink()  # so that only a screenshot chromium really wrote passes the check below
         command = chromium_command(
             binary,
             profile,
@@ -370,9 +360,8 @@ def render_png(html_path: str | Path, png_path: str | Path, window: tuple[int, i
             Path(html_path).resolve().as_uri(),
         )
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0 or not tmp.is_file():
-        raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr[-2000:]}")
-    os.replace(tmp, png)
+        if done.returncode != 0 or not tmp.is_file():
+            raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr[-2000:]}")
     return png
 
 
@@ -396,11 +385,11 @@ def build_report(data: ReportData, out_dir: Path) -> list[Path]:
         "importances": (data.importances.frame, display_importances(data.importances.frame)),
         "trials": (data.trials, display_trials(data.trials)),
     }
-    written = [write_atomic(out_dir / "index.html", render_page(data))]
+    written = [write_text(out_dir / "index.html", render_page(data))]
     for name, (raw, shown) in tables.items():
-        written.append(write_atomic(out_dir / f"{name}.csv", raw.to_csv(index=False)))
-        written.append(write_atomic(out_dir / f"{name}.md", markdown_table(shown)))
-    written.append(write_atomic(out_dir / "hypervolume.csv", data.hypervolume.to_csv(index=False)))
+        written.append(write_text(out_dir / f"{name}.csv", raw.to_csv(index=False)))
+        written.append(write_text(out_dir / f"{name}.md", markdown_table(shown)))
+    written.append(write_text(out_dir / "hypervolume.csv", data.hypervolume.to_csv(index=False)))
     logger.info("wrote %d files to %s in %.1f s", len(written), out_dir, time.time() - start)
     return written
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm.atomic import write_text
 from vlm.cli import make_parser, run
 
 logger = logging.getLogger("search.dryrun")
@@ -133,6 +134,7 @@ def generate_dataset(out_dir: Path, sizes: dict[str, int], seed: int, image_size
     import datasets
     from PIL import Image
 
+    from vlm.atomic import atomic_dir
     from vlm.demo.dataset import FEATURES, SPLITS, _png_bytes, iter_examples
     from vlm.demo.scenes import render_scene
 
@@ -150,10 +152,8 @@ def generate_dataset(out_dir: Path, sizes: dict[str, int], seed: int, image_size
             rows["difficult_direct_answer"].append(question.difficult_direct_answer)
             rows["rationales"].append(question.rationales)
         splits[split] = datasets.Dataset.from_dict(rows, features=FEATURES, split=split)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.DatasetDict(splits).save_to_disk(str(tmp))
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        datasets.DatasetDict(splits).save_to_disk(str(tmp))
     return out_dir
 
 
@@ -245,9 +245,7 @@ def write_study_toml(config, path: Path) -> Path:
         if isinstance(values, dict):
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def knob_params(teacher_cfg, space) -> dict[str, dict]:
@@ -665,12 +663,12 @@ def dry_run(
     failed = [r for r in rows if r["state"] == "FAIL"]
     record["failed_trials"] = [(r["trial"], r["name"], r["fail_reason"]) for r in failed]
     out = config.artifacts_dir / "dryrun.json"
-    out.write_text(json.dumps(record, indent=1, default=str))
+    write_text(out, json.dumps(record, indent=1, default=str))
     copy = project_root() / "benchmarks" / "results" / f"dryrun-{original.name}.json"
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out, copy)
     table = out.with_suffix(".md")
-    table.write_text(summary_markdown(record))
+    write_text(table, summary_markdown(record))
     record["written"] = [str(out), str(copy), str(table)]
     return record
 

@@ -14,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+from vlm.atomic import write_json
 from vlm.cli import UsageError, make_parser, run
 from vlm.config import BenchSettings, CompressionConfig
 
@@ -129,8 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     result["summary"] = summary_line(args.model, result)
     out = args.out or default_out(args.model, loaded.compression)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(out, result)
     print(result["summary"])
     logger.info("wrote %s", out)
     return 0

@@ -16,9 +16,7 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vlm.atomic import atomic_dir
 from vlm.cli import UsageError
 from vlm.config import CompressionConfig, VLMConfig
 from vlm.model import ConnectorConfig, PerceiverResampler, VisionLanguageModel
@@ -91,21 +90,6 @@ def disk_full_as_error(folder: str | Path, what: str) -> Iterator[None]:
             f"the disk is full: writing {what} in {folder} failed ({type(err).__name__}: {err}); "
             "free some space there and run again",
         ) from err
-
-
-def make_readable(folder: Path) -> None:
-    """Give a written folder the modes a plain `mkdir`/`open` would (umask applied: 0755 / 0644 by default).
-
-    `tempfile.mkdtemp` creates 0700, so without this other accounts could not read a finalized model.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -369,22 +353,11 @@ def save_pretrained(
         }
     weight_bytes = sum(v.numel() * v.element_size() for v in state.values())
     require_free_space(out_dir.parent, weight_bytes, f"the model {out_dir.name}/")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        with disk_full_as_error(out_dir.parent, f"the model {out_dir.name}/"):
-            _write_model(model, tmp, state, tokenizer, extras)
-        make_readable(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with (
+        atomic_dir(out_dir) as tmp,
+        disk_full_as_error(out_dir.parent, f"the model {out_dir.name}/"),
+    ):
+        _write_model(model, tmp, state, tokenizer, extras)
     return out_dir
 
 

@@ -99,6 +99,7 @@ def _resolve_sources(args: argparse.Namespace) -> tuple[str, str]:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation `args` describe, write predictions and summary, return the summary."""
+    from vlm.atomic import write_json
     from vlm.checkpoint import TOKENIZER_DIR, load_pretrained
     from vlm.data import DataConfig, load_examples
     from vlm.evaluate import (
@@ -106,7 +107,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         evaluate_direct_answer,
         evaluate_mcq,
         leaderboard_predictions,
-        write_json_atomic,
     )
     from vlm.paths import project_root
     from vlm.tokenizer import load_tokenizer
@@ -131,7 +131,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     config = EvalConfig(batch_size=args.batch_size)
     mcq = evaluate_mcq(model, tokenizer, examples, config)
     da = evaluate_direct_answer(model, tokenizer, examples, config) if args.direct_answer else None
-    write_json_atomic(out, leaderboard_predictions(examples, mcq, da))
+    write_json(out, leaderboard_predictions(examples, mcq, da))
     summary = {
         "model": args.model,
         "data": args.data,
@@ -142,7 +142,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "predictions": str(out),
     }
     summary_path = out.with_name(out.stem + "_summary.json")
-    write_json_atomic(summary_path, summary)
+    write_json(summary_path, summary)
     low, high = mcq.interval
     logger.info(
         "MCQ accuracy %.3f [%.3f, %.3f] on %d questions%s",

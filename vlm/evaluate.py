@@ -8,13 +8,10 @@ questions excluded (https://github.com/allenai/aokvqa, evaluation/eval_predictio
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -301,12 +298,3 @@ def leaderboard_predictions(
             entry["direct_answer"] = da.predictions[example.question_id]
         out[example.question_id] = entry
     return out
-
-
-def write_json_atomic(path: str | Path, data) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-    return path

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from vlm.atomic import write_text
 from vlm.inspection import AttentionMap, InspectPrompt, LogitLens, token_label
 
 # viridis at five stops (matplotlib's values); linear in between.
@@ -268,9 +269,7 @@ def attention_html(data: AttentionFigureData, path: Path) -> Path:
 def _write_html(fig, path: Path) -> Path:
     import plotly.io as pio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(pio.to_html(fig, full_html=True, include_plotlyjs=_PLOTLY_JS))
-    return path
+    return write_text(path, pio.to_html(fig, full_html=True, include_plotlyjs=_PLOTLY_JS))
 
 
 def attention_figure(data: AttentionFigureData):

@@ -10,10 +10,7 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
+from vlm.atomic import atomic_dir
 from vlm.demo.scenes import (
     QUESTION_KINDS,
     Question,
@@ -136,22 +134,14 @@ def generate_demo_dataset(config: DemoDataConfig, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     logger.info("generating demo VQA dataset %s at %s", config, out_dir)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    # replace=False: when another process finishes first, its folder stays and this raises FileExistsError.
+    with atomic_dir(out_dir, replace=False) as tmp_dir:
         splits = {
             split: generate_split(config.seed, split, size) for split, size in config.split_sizes().items()
         }
         datasets.DatasetDict(splits).save_to_disk(str(tmp_dir))
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(_config_record(config), indent=2) + "\n")
-        try:
-            os.rename(tmp_dir, out_dir)
-        except OSError as error:  # another process finished first
-            raise FileExistsError(f"{out_dir} appeared while generating") from error
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     logger.info("demo VQA dataset written to %s", out_dir)
     return out_dir
 

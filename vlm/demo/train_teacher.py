@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from vlm.atomic import write_json
     from vlm.checkpoint import load_pretrained
     from vlm.data import DataConfig, load_examples
     from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset
@@ -93,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         "blank_image_accuracy": blank.summary(),
         "checkpoint": str(out),
     }
-    (Path(out) / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(Path(out) / "training_summary.json", summary, indent=2)
     print(json.dumps(summary, indent=2))
     return 0
 
