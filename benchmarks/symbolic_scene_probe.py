@@ -145,6 +145,13 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
     ),
     "oracle": (
         _v(
+            "oracle vision, 8 turns, presence 300 steps, then all kinds, letters",
+            scene_input="oracle",
+            turns=8,
+            first_kinds=("presence",),
+            first_steps=300,
+        ),
+        _v(
             "oracle vision, 8 turns, half words half letters",
             scene_input="oracle",
             turns=8,  # drill rows would be padded to a session's ~530 tokens: none here
@@ -603,8 +610,8 @@ def run_setting(
 
 
 def summary_rows(results: list[dict], at_steps: tuple[int, ...]) -> list[str]:
-    """Markdown table rows: each variant's per-kind MCQ accuracy, overall, word accuracy and answer loss at
-    each of ``at_steps`` it reached (equal steps across variants)."""
+    """Markdown table rows: each variant's per-kind MCQ accuracy (" / word accuracy" where it trains on
+    words), overall, word accuracy and answer loss at each of ``at_steps`` it reached (equal steps)."""
     rows = [
         "| variant | step | attribute | count | presence | size | spatial | MCQ | word | answer loss |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -613,8 +620,11 @@ def summary_rows(results: list[dict], at_steps: tuple[int, ...]) -> list[str]:
         for point in result["curve"]:
             if point["step"] not in at_steps:
                 continue
-            kinds = [point["per_kind"].get(k, {}).get("mcq") for k in sorted(KINDS)]
-            cells = ["" if v is None else f"{v:.2f}" for v in kinds]
+            kinds = [point["per_kind"].get(k) for k in sorted(KINDS)]
+            cells = [
+                "" if v is None else f"{v['mcq']:.2f}" + (f" / {v['word']:.2f}" if "word" in v else "")
+                for v in kinds
+            ]
             word = f"{point['word']:.2f}" if "word" in point else ""
             rows.append(
                 f"| {result['setting']['name']} | {point['step']} | {' | '.join(cells)} | {point['mcq']:.3f} "
