@@ -21,30 +21,22 @@ from vlm.processing import collate
 logger = logging.getLogger(__name__)
 
 
-def _hidden(value):
-    return value[0] if isinstance(value, tuple) else value
-
-
 @torch.no_grad()
 def block_influence(
     model: VisionLanguageModel, tokenizer, examples: Sequence[VQAExample], batch_size: int = 16
 ) -> tuple[list[float], list[float]]:
     """(decoder scores, encoder scores), one per block; higher = more important."""
     decoder_layers = list(model.decoder.model.layers)
-    vision = (
-        model.vision_encoder.vision_model
-        if hasattr(model.vision_encoder, "vision_model")
-        else model.vision_encoder
-    )
-    encoder_layers = list(vision.encoder.layers)
+    encoder_layers = list(model.vision_encoder.encoder.layers)
     sums = {"dec": [0.0] * len(decoder_layers), "enc": [0.0] * len(encoder_layers)}
     counts = {"dec": 0, "enc": 0}
     state = {"mask": None}
 
     def hook(kind: str, index: int):
         def fn(module, args, kwargs, output):
-            x = _hidden(kwargs.get("hidden_states", args[0] if args else None))
-            y = _hidden(output)
+            # transformers 5 decoder and encoder layers take and return the hidden states [B, T, D]
+            x = kwargs.get("hidden_states", args[0] if args else None)
+            y = output
             cos = F.cosine_similarity(x.float(), y.float(), dim=-1)  # [B, T]
             if kind == "dec" and state["mask"] is not None:
                 cos = cos[state["mask"].bool()]

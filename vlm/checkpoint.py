@@ -117,17 +117,10 @@ def _same(key: str, ours: str) -> KeyRule:
     return KeyRule(key, (ours,), lambda t: (t,), lambda ts: ts[0])
 
 
-def _vision_prefix(model: VisionLanguageModel) -> str:
-    # transformers 4.x wraps the tower in `.vision_model`; 5.x does not.
-    return (
-        "vision_encoder.vision_model." if hasattr(model.vision_encoder, "vision_model") else "vision_encoder."
-    )
-
-
 def key_rules(model: VisionLanguageModel) -> list[KeyRule]:
     """The full nanoVLM <-> ours key map for `model`'s architecture (head and inv_freq handled apart)."""
     cfg = model.cfg
-    v = _vision_prefix(model)
+    v = "vision_encoder."  # transformers 5's SiglipVisionModel holds embeddings, encoder, post_layernorm itself
     rules = [
         _same("vision_encoder.patch_embedding.conv.weight", f"{v}embeddings.patch_embedding.weight"),
         _same("vision_encoder.patch_embedding.conv.bias", f"{v}embeddings.patch_embedding.bias"),

@@ -23,7 +23,7 @@ from vlm.plan import CompressionError, plan_student
 logger = logging.getLogger(__name__)
 
 
-_ENC_LAYER = re.compile(r"^(vision_encoder\.(?:vision_model\.)?encoder\.layers\.)(\d+)(\..*)$")
+_ENC_LAYER = re.compile(r"^(vision_encoder\.encoder\.layers\.)(\d+)(\..*)$")
 _DEC_LAYER = re.compile(r"^(decoder\.model\.layers\.)(\d+)(\..*)$")
 
 

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,17 +303,9 @@ def _decode_step(model: VisionLanguageModel, context: int):
             )
             cache.update(past, past.clone(), layer)
         positions = torch.full((1, 1), context - 1, device=param.device)
-        # transformers 5 renames past_key_values to cache and warns once per traced step; 4.x knows only
-        # past_key_values, so keep it and silence the rename notice.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
-            return model.decoder(
-                inputs_embeds=embed,
-                past_key_values=cache,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits
+        return model.decoder(
+            inputs_embeds=embed, cache=cache, position_ids=positions, use_cache=True, logits_to_keep=1
+        ).logits
 
     return step
 

@@ -129,11 +129,6 @@ def _layers(model: VisionLanguageModel):
     return model.decoder.model.layers
 
 
-def _hidden(output) -> torch.Tensor:
-    # transformers 5 decoder layers return the hidden states; 4.x returned a tuple holding them first.
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextlib.contextmanager
 def _kept_cells(model: VisionLanguageModel) -> Iterator[dict]:
     """Record which grid cell each image token of each view comes from (token selection keeps a subset).
@@ -282,7 +277,7 @@ def logit_lens(
         else:
             handles.append(
                 blocks[layer - 1].register_forward_hook(
-                    lambda m, i, o, layer=layer: captured.__setitem__(layer, _hidden(o))
+                    lambda m, i, o, layer=layer: captured.__setitem__(layer, o)
                 )
             )
     try:

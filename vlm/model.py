@@ -323,7 +323,7 @@ class VisionLanguageModel(nn.Module):
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -343,7 +343,7 @@ class VisionLanguageModel(nn.Module):
                 input_ids=token.unsqueeze(1),
                 attention_mask=attention_mask,
                 position_ids=next_pos,
-                past_key_values=out.past_key_values,
+                cache=out.cache,
                 use_cache=True,
             )
             next_pos = next_pos + 1

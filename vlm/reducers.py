@@ -99,11 +99,10 @@ def merged_vision_forward(
 
     `schedule`: tokens merged in each encoder block (already clamped: see `effective_merge_schedule`).
     """
-    model = getattr(vision_encoder, "vision_model", vision_encoder)  # transformers 4.x wraps the tower
-    layers = model.encoder.layers
+    layers = vision_encoder.encoder.layers
     if len(schedule) != len(layers):
         raise ValueError(f"merge schedule has {len(schedule)} entries for {len(layers)} encoder blocks")
-    x = model.embeddings(pixel_values)  # [B, P, D]
+    x = vision_encoder.embeddings(pixel_values)  # [B, P, D]
     batch, patches, dim = x.shape
     origin = torch.arange(patches, device=x.device).unsqueeze(0).expand(batch, -1)  # [B, P]
     size = x.new_ones(batch, patches, 1)
@@ -115,7 +114,7 @@ def merged_vision_forward(
             x, size, origin = bipartite_merge(x, size, origin, metric, int(r))
             log_size = size.log().squeeze(-1)  # [B, N]
         x = x + layer.mlp(layer.layer_norm2(x))
-    x = model.post_layernorm(x)  # per token: the same before or after un-merging
+    x = vision_encoder.post_layernorm(x)  # per token: the same before or after un-merging
     return x.gather(1, origin.unsqueeze(-1).expand(batch, patches, dim))  # [B, P, D]
 
 

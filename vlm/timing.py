@@ -368,7 +368,7 @@ def _component_fns(model: VisionLanguageModel, batch: dict) -> dict[str, Callabl
         out = model.decoder(
             inputs_embeds=model.embed(ids, embeds),
             attention_mask=mask,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -384,7 +384,7 @@ def _component_fns(model: VisionLanguageModel, batch: dict) -> dict[str, Callabl
             input_ids=token,
             attention_mask=step_mask,
             position_ids=step_pos,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         ).logits
 
