@@ -25,7 +25,7 @@ from vlm.checkpoint import (
     save_pretrained,
 )
 from vlm.data import DataConfig, VQADataError, load_examples
-from vlm.eval import main as eval_main
+from vlm.score import main as score_main
 
 FEATURES = datasets.Features(
     {
@@ -79,14 +79,14 @@ def test_an_empty_parquet_split_is_named(as_file, tmp_path):
         load_examples(DataConfig(source, "validation"))
 
 
-def test_eval_with_every_row_bad_is_an_error_not_accuracy_zero(tiny_world, tmp_path, capsys):
+def test_score_with_every_row_bad_is_an_error_not_accuracy_zero(tiny_world, tmp_path, capsys):
     teacher, _ = tiny_world
     bad = datasets.Dataset.from_dict(_rows(3, correct=7), features=FEATURES)  # index 7 of 4 choices
     datasets.DatasetDict({"validation": bad}).save_to_disk(str(tmp_path / "bad"))
     out = tmp_path / "preds.json"
     args = ["--model", str(teacher), "--data", str(tmp_path / "bad"), "--skip-bad-rows", "--out", str(out)]
     capsys.readouterr()  # (datasets' progress bars above)
-    assert eval_main(args) == 2
+    assert score_main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and "correct_choice_idx" in err[0] and "row 0" in err[0], err
     assert not out.exists()
@@ -103,7 +103,7 @@ def test_a_truncated_weights_file_is_named(tiny_world, tmp_path, capsys):
         load_pretrained(copy)
     # Through a command: one line, naming the file.
     capsys.readouterr()
-    assert eval_main(["--model", str(copy), "--data", str(data), "--out", str(tmp_path / "p.json")]) == 2
+    assert score_main(["--model", str(copy), "--data", str(data), "--out", str(tmp_path / "p.json")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and str(weights) in err[0], err
 

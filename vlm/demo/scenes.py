@@ -128,7 +128,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "below": ("under",),
 }
 
-# The evaluator's fixed prompt strings (vlm/eval) and chat roles: part of the demo tokenizer's vocabulary.
+# The fixed prompt strings of vlm.processing and the chat roles: part of the demo tokenizer's vocabulary.
 PROMPT_STRINGS: tuple[str, ...] = (
     "Answer with the option's letter from the given choices directly.",
     "Answer the question using a single word or phrase.",

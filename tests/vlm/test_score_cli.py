@@ -1,14 +1,14 @@
-"""`python -m vlm.eval` on the tiny world: a fixed-seed subset, predictions in the leaderboard format."""
+"""`python -m vlm.score` on the tiny world: a fixed-seed subset, predictions in the leaderboard format."""
 
 from __future__ import annotations
 
 import json
 
 from tests.tiny_world import build_tiny_world
-from vlm.eval import main
+from vlm.score import main
 
 
-def test_eval_cli_subset_is_seeded_and_writes_leaderboard_file(tmp_path, capsys):
+def test_score_cli_subset_is_seeded_and_writes_leaderboard_file(tmp_path, capsys):
     teacher, data = build_tiny_world(tmp_path)
     out = tmp_path / "preds.json"
     args = [
@@ -59,4 +59,4 @@ def test_eval_hub_id_offline_fails_at_once_in_one_line(tmp_path, monkeypatch, ca
     monkeypatch.setenv("VLMC_HOME", str(tmp_path))
     assert main(["--model", "some-org/not-a-model", "--data", "demo"]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()
-    assert error.startswith("vlm.eval: error: --model 'some-org/not-a-model'") and "--model demo" in error
+    assert error.startswith("vlm.score: error: --model 'some-org/not-a-model'") and "--model demo" in error

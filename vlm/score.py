@@ -1,9 +1,10 @@
-"""`python -m vlm.eval --model PATH|HUB_ID|demo --data SOURCE|demo [--split validation] [--max-samples N]`
+"""`python -m vlm.score --model PATH|HUB_ID|demo --data SOURCE|demo [--split validation] [--max-samples N]`
 
 Evaluates one model on a dataset in A-OKVQA's schema: MCQ accuracy with its 95% Wilson interval and,
 with `--direct-answer`, A-OKVQA's direct-answer score; writes per-question predictions in the leaderboard
 format ({question_id: {"multiple_choice": ..., "direct_answer": ...}}) and a summary JSON beside them.
 `demo` names the offline demo world: the shipped demo teacher, or the generated demo dataset.
+The command is `score` so that it cannot be confused with `vlm.evaluate`, the library it calls.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from pathlib import Path
 
 from vlm.cli import UsageError, make_parser, run
 
-logger = logging.getLogger("vlm.eval")
+logger = logging.getLogger("vlm.score")
 
 DEMO = "demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
-        "vlm.eval",
+        "vlm.score",
         "Evaluate a nanoVLM-format model on an A-OKVQA-schema dataset (MCQ accuracy with its 95% interval, "
         "optionally A-OKVQA's direct-answer score) and write leaderboard-format predictions.",
-        epilog="Offline example: python -m vlm.eval --model demo --data demo --max-samples 200",
+        epilog="Offline example: python -m vlm.score --model demo --data demo --max-samples 200",
     )
     parser.add_argument(
         "--model", required=True, help="checkpoint folder, hub id, or 'demo' (the shipped demo teacher)"
