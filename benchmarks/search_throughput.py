@@ -23,9 +23,9 @@ from pathlib import Path
 import optuna
 import torch
 
+from ledger.config import load_study_config
+from ledger.rules import FINISHED
 from search.run import main as run_search
-from search.study import FINISHED
-from search.study_config import load_study_config
 
 logger = logging.getLogger("benchmarks.search_throughput")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ledger.config import DataSettings, ModelSettings, load_study_config
+from ledger.world import load_split, load_teacher
 from search.importance import block_influence, drop_order
-from search.study_config import DataSettings, ModelSettings, load_study_config
 from search.trial_eval import SubsetEvaluator
 from search.warmup import teacher_letter_logits, warm_up_resampler
-from search.world import load_split, load_teacher
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
 from vlm.demo.train_teacher import blank_images

@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from distill.finalizer import FinalizeError, finalize, resolve_trial
     from distill.train import DistillationDiverged, DistillSettingsError, distributed_state
-    from search.storage import load_existing_study
-    from search.study_config import load_study_config
-    from search.world import WorldUnavailable
+    from ledger.config import load_study_config
+    from ledger.records import read_baseline, recorded_ratio
+    from ledger.storage import load_existing_study
+    from ledger.world import WorldUnavailable
 
     # accelerate logs every file of every checkpoint, and warns at each save that the tied LM head is stored
     # once ("Removed shared tensor"): expected for nanoVLM's tied weights, nothing a user can act on.
@@ -60,30 +61,30 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     if not main_process:
         return 0
-    threshold = config.search.constraint_ratio * study.user_attrs["baseline"]["accuracy"]
+    baseline, ratio = read_baseline(study), recorded_ratio(study)  # the line the search judged trials by
     logger.info(
         "trial %d distilled: MCQ %.3f [%.3f, %.3f] on %d validation questions (post hoc %.3f on the search "
         "subset), DA %.3f, %.4g GFLOPs per question (%.1f%% fewer than the teacher)",
-        record["trial"],
-        record["mcq_accuracy"],
-        record["ci_low"],
-        record["ci_high"],
-        record["n"],
-        record["posthoc_subset_accuracy"],
-        record["da_accuracy"],
-        record["gflops"],
-        record["reduction_pct"],
+        record.trial,
+        record.mcq_accuracy,
+        record.ci_low,
+        record.ci_high,
+        record.n,
+        record.posthoc_subset_accuracy,
+        record.da_accuracy,
+        record.gflops,
+        record.reduction_pct,
     )
     logger.info(
         "%s %.2f·X: accuracy %.3f %s the line %.3f (X = %.3f)",
-        "keeps" if record["keeps_constraint"] else "does NOT keep",
-        config.search.constraint_ratio,
-        record["mcq_accuracy"],
-        ">=" if record["keeps_constraint"] else "<",
-        threshold,
-        study.user_attrs["baseline"]["accuracy"],
+        "keeps" if record.keeps_constraint else "does NOT keep",
+        ratio,
+        record.mcq_accuracy,
+        ">=" if record.keeps_constraint else "<",
+        ratio * baseline.accuracy,
+        baseline.accuracy,
     )
-    logger.info("model: %s", record["model_dir"])
+    logger.info("model: %s", record.model_dir)
     logger.info("next: python -m reports.build --study %s", config.name)
     return 0
 

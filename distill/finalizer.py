@@ -21,7 +21,6 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from optuna.trial import TrialState
 
-from distill.promote import promoted_trials, record_promotion
 from distill.train import (
     build_student,
     distributed_state,
@@ -31,20 +30,29 @@ from distill.train import (
     teacher_letter_logits_cached,
     train_student,
 )
-from search.study import FINALIZED_PREFIX
-from search.study_config import StudyConfig
-from search.trial_eval import SubsetEvaluator
-from search.world import load_split, load_teacher, teacher_path
+from ledger.config import StudyConfig
+from ledger.records import (
+    FinalizedRecord,
+    failure_reason,
+    read_baseline,
+    read_promoted,
+    recorded_ratio,
+    trial_config,
+)
+from ledger.rules import promoted_trials, record_promotion
+from ledger.world import load_split, load_teacher, teacher_path
 from vlm.atomic import write_json
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
 from vlm.config import BenchSettings, CompressionConfig
 from vlm.evaluate import (
     EvalConfig,
+    encode_mcq,
     evaluate_direct_answer,
     evaluate_mcq,
     leaderboard_predictions,
 )
+from vlm.flops import QuestionCost, mcq_question_cost
 from vlm.timing import SHORT, compare_speed
 
 logger = logging.getLogger(__name__)
@@ -61,18 +69,18 @@ def resolve_trial(
 ) -> optuna.trial.FrozenTrial:
     """The trial `which` names ('best' or a number), refused unless promotion picked it (or the override)."""
     trials = study.get_trials(deepcopy=False)
-    promoted = study.user_attrs.get("promoted")
+    promoted = read_promoted(study)
     if promoted is None:  # `promote` has not run: apply its rule (and record it only when it picks the trial)
         main = distributed_state().is_main_process  # one process writes to the study
         rule = record_promotion if which == "best" and main else promoted_trials
-        promoted = rule(study, config.search.constraint_ratio, config.search.promotion_margin)
-    promoted_numbers = [row["trial"] for row in promoted]
+        promoted = rule(study, config.search.promotion_margin)
+    promoted_numbers = [row.trial for row in promoted]
     if which == "best":
         if not promoted:
             raise FinalizeError(
                 f"study {study.study_name!r} has no promoted trials yet; run more search trials"
             )
-        number = min(promoted, key=lambda r: (r.get("cost", r["gflops"]), -r["accuracy"]))["trial"]
+        number = min(promoted, key=lambda r: (r.cost, -r.accuracy)).trial
     else:
         try:
             number = int(which)
@@ -84,12 +92,12 @@ def resolve_trial(
         raise FinalizeError(f"study {study.study_name!r} has no trial {number} (trials: {span})")
     trial = by_number[number]
     if trial.state != TrialState.COMPLETE:
-        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("invalid_reason") or "no result"
+        reason = failure_reason(trial) or "no result"
         raise FinalizeError(
             f"trial {number} is {trial.state.name}, not COMPLETE ({reason}); pick a promoted trial: "
             f"{_listing(promoted_numbers)}"
         )
-    if "config" not in trial.user_attrs:
+    if trial_config(trial) is None:
         raise FinalizeError(f"trial {number} has no recorded config")
     if number not in promoted_numbers and not allow_unpromoted:
         raise FinalizeError(
@@ -100,11 +108,19 @@ def resolve_trial(
     return trial
 
 
+def _mcq_cost(model, plan, tokenizer, examples) -> QuestionCost:
+    """FLOPs per question (`vlm.flops`) on these questions' prompts as `model`'s processor builds them."""
+    encodings = [encode_mcq(tokenizer, model, model.image_spec, e) for e in examples]
+    return mcq_question_cost(
+        plan, [int(e.images.shape[0]) for e in encodings], [int(e.input_ids.shape[0]) for e in encodings]
+    )
+
+
 def _listing(numbers: list[int]) -> str:
     return ", ".join(str(n) for n in sorted(numbers)) if numbers else "none promoted yet"
 
 
-def _shared_record(state: PartialState, record: dict | None) -> dict:
+def _shared_record(state: PartialState, record: FinalizedRecord | None) -> FinalizedRecord:
     """The main process's record on every process: the others wait here until it has evaluated and saved."""
     if state.num_processes == 1:
         return record
@@ -119,14 +135,14 @@ def finalize(
     trial: optuna.trial.FrozenTrial,
     speed_settings: BenchSettings = SHORT,
     speed_questions: int = SPEED_QUESTIONS,
-) -> dict:
+) -> FinalizedRecord:
     """Distill, evaluate, save and record trial `trial` (see the module docstring). `speed_settings` and
     `speed_questions`: how long the teacher-vs-student timing runs (a dry run on a CPU shortens it)."""
     start = time.time()
     state = distributed_state()  # before the teacher is loaded: each GPU process on its own device
     main = state.is_main_process
     settings = config.distill
-    compression = CompressionConfig.from_dict(trial.user_attrs["config"])
+    compression = CompressionConfig.from_dict(trial_config(trial))
     run_dir = config.artifacts_dir / "finalize" / f"trial-{trial.number}"
     model_dir = run_dir / "model"
     teacher, tokenizer = load_teacher(config.model)
@@ -140,7 +156,9 @@ def finalize(
         student = load_pretrained(model_dir, device=next(teacher.parameters()).device)
         train_info = json.loads((run_dir / "train_result.json").read_text())
     else:
-        train = load_split(config.data, config.data.train_split, settings.train_size, seed=0)
+        train = load_split(
+            config.data, config.data.train_split, settings.train_size, seed=settings.train_seed
+        )
         cache = teacher_cache_path(config.artifacts_dir / "cache", teacher_path(config.model), train)
         with state.main_process_first():  # the main process computes and caches them, the others read them
             teacher_logits = teacher_letter_logits_cached(
@@ -182,12 +200,11 @@ def finalize(
         if not compression.has_fresh_weights  # an untrained resampler or token scorer says nothing
         else None
     )
-    evaluator = SubsetEvaluator(tokenizer, val, eval_config)
-    cost = evaluator.cost(student, plan)
+    cost = _mcq_cost(student, plan, tokenizer, val)
     # The reduction compares FLOPs on the same questions: the study's baseline FLOPs are averaged over the
     # search subset, and prompt lengths differ between subset and split (the teacher read -0.1% "fewer").
-    teacher_cost = evaluator.cost(teacher, plan_student(teacher.cfg, CompressionConfig()))
-    baseline = study.user_attrs["baseline"]
+    teacher_cost = _mcq_cost(teacher, plan_student(teacher.cfg, CompressionConfig()), tokenizer, val)
+    threshold = recorded_ratio(study) * read_baseline(study).accuracy  # the search's line, not today's TOML
     # Measured speed beside the counted FLOPs: teacher and student timed on the same questions and device.
     speed = compare_speed(student, teacher, tokenizer, val[:speed_questions], compression, speed_settings)
 
@@ -200,28 +217,28 @@ def finalize(
     )
 
     low, high = mcq.interval
-    record = {
-        "trial": trial.number,
-        "config": compression.to_dict(),
-        "model_dir": str(model_dir),
-        "predictions_test": str(predictions),
-        "mcq_accuracy": mcq.accuracy,
-        "ci_low": low,
-        "ci_high": high,
-        "n": mcq.n,
-        "da_accuracy": da.accuracy,
-        "posthoc_subset_accuracy": trial.values[1],
-        "posthoc_full_accuracy": posthoc.accuracy if posthoc else None,
-        "gflops": cost.flops / 1e9,
-        "teacher_gflops": teacher_cost.flops / 1e9,
-        "reduction_pct": 100 * (1 - cost.flops / teacher_cost.flops),
-        "views": cost.views,
-        "image_tokens": cost.image_tokens,
-        "keeps_constraint": mcq.accuracy >= config.search.constraint_ratio * baseline["accuracy"],
-        "speed": speed,
-        "train": train_info,
-        "seconds": time.time() - start,
-    }
-    study.set_user_attr(f"{FINALIZED_PREFIX}{trial.number}", record)
-    write_json(run_dir / "result.json", record)
+    record = FinalizedRecord(
+        trial=trial.number,
+        config=compression.to_dict(),
+        model_dir=str(model_dir),
+        predictions_test=str(predictions),
+        mcq_accuracy=mcq.accuracy,
+        ci_low=low,
+        ci_high=high,
+        n=mcq.n,
+        da_accuracy=da.accuracy,
+        posthoc_subset_accuracy=trial.values[1],
+        posthoc_full_accuracy=posthoc.accuracy if posthoc else None,
+        gflops=cost.flops / 1e9,
+        teacher_gflops=teacher_cost.flops / 1e9,
+        reduction_pct=100 * (1 - cost.flops / teacher_cost.flops),
+        views=cost.views,
+        image_tokens=cost.image_tokens,
+        keeps_constraint=mcq.accuracy >= threshold,
+        speed=speed,
+        train=train_info,
+        seconds=time.time() - start,
+    )
+    record.write(study)
+    write_json(run_dir / "result.json", record.to_dict())
     return _shared_record(state, record)

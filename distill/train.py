@@ -34,7 +34,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from search.study_config import DistillSettings
+from ledger.config import DistillSettings
 from vlm.atomic import atomic_file, replace_dir
 from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
@@ -263,7 +263,7 @@ def train_student(
     settings: DistillSettings,
     run_dir: Path,
     seed: int = 0,
-    da_fraction: float = 0.25,
+    da_fraction: float | None = None,
 ) -> TrainResult:
     """Distill `student` in place; resumes from `run_dir/checkpoint` if a killed run left one.
 
@@ -305,6 +305,7 @@ def train_student(
     # Linear warm-up over the first 5% of the steps (from 0: under 20 steps there is none), then cosine
     # decay to 0; a LambdaLR, so accelerate checkpoints and restores its step with the optimizer.
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.steps // 20, settings.steps)
+    da_fraction = settings.da_fraction if da_fraction is None else da_fraction
     fingerprint = run_fingerprint(student, settings, teacher_logits, examples, seed, da_fraction)
     # What a checkpoint holds: the weights and AdamW's two moments of each trained one.
     state_bytes = sum(
@@ -378,7 +379,7 @@ def train_student(
                 f"(lr={settings.lr}) or use mixed_precision='no'. The study is unchanged."
             )
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(student.parameters(), 1.0)
+        accelerator.clip_grad_norm_(student.parameters(), settings.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

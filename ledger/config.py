@@ -93,6 +93,7 @@ class SpaceSettings:
 class SearchSettings:
     constraint_ratio: float = 0.85  # keep accuracy >= ratio * X
     sampler: str = "tpe"  # tpe | nsga2 | random
+    tpe_startup_trials: int = 20  # random trials (after the references) before TPE models the results
     seed: int = 0
     trials: int = 200
     batch_size: int = 32
@@ -103,6 +104,10 @@ class SearchSettings:
     )
     resampler_warmup_steps: int = 40
     resampler_warmup_lr: float = 3e-3
+    # The warm-up's loss: mostly the teacher's letter distribution (KL at this temperature), the rest the gold
+    # letter's cross-entropy; fresh weights (a resampler, a token scorer) start far from the teacher's.
+    resampler_warmup_kd_weight: float = 0.8
+    resampler_warmup_temperature: float = 1.0
     # Warm-up backpropagates through the whole decoder: at the evaluation batch size it cost a resampler
     # trial 10x its evaluation.
     resampler_warmup_batch_size: int = 16
@@ -129,6 +134,12 @@ class SearchSettings:
             raise ValueError("latency_questions and latency_repeats must be >= 1, latency_warmup >= 0")
         if not 0 < self.constraint_ratio <= 1:
             raise ValueError(f"constraint_ratio must be in (0, 1], got {self.constraint_ratio}")
+        if self.tpe_startup_trials < 0:
+            raise ValueError(f"tpe_startup_trials must be >= 0, got {self.tpe_startup_trials}")
+        if not 0 <= self.resampler_warmup_kd_weight <= 1 or self.resampler_warmup_temperature <= 0:
+            raise ValueError(
+                "resampler_warmup_kd_weight must be in [0, 1] and resampler_warmup_temperature > 0"
+            )
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise ValueError(f"sampler must be tpe, nsga2 or random, got {self.sampler!r}")
         if min(self.batch_size, self.resampler_warmup_batch_size) < 1:
@@ -146,7 +157,20 @@ class DistillSettings:
     lora_rank: int = 0  # 0 = full fine-tuning of the decoder, >0 = LoRA adapters (merged on save)
     checkpoint_every: int = 50
     train_size: int | None = None  # None = the whole train split
+    train_seed: int = 0  # which `train_size` questions of the train split are drawn
+    da_fraction: float = 0.25  # share of steps trained on the gold direct answer (the student keeps words)
+    grad_clip: float = 1.0  # max gradient norm per step
     mixed_precision: str = "auto"  # auto (bf16 on CUDA when supported) | no | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.da_fraction <= 1 or not 0 <= self.kd_weight <= 1:
+            raise ValueError(
+                f"da_fraction and kd_weight must be in [0, 1], got {self.da_fraction}, {self.kd_weight}"
+            )
+        if self.grad_clip <= 0 or self.temperature <= 0:
+            raise ValueError(
+                f"grad_clip and temperature must be > 0, got {self.grad_clip}, {self.temperature}"
+            )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from search.study_config import DEMO, DataSettings, ModelSettings
+from ledger.config import DEMO, DataSettings, ModelSettings
 from vlm.checkpoint import TOKENIZER_DIR, load_pretrained
 from vlm.data import DataConfig, VQAExample, load_examples
 from vlm.hub import hub_reachable

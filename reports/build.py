@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_study_options(parser)
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: reports/<name> under $VLMC_HOME or .)"
+        "--out", type=Path, default=None, help="output folder (default: out/reports/<name> under $VLMC_HOME or .)"
     )
     parser.add_argument(
         "--png",
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ledger.config import load_study_config
     from reports.page import build_report, load_report_data, render_pareto_png
-    from search.study_config import load_study_config
     from vlm.paths import reports_dir
 
     if args.what_if_ratio is not None and not 0 < args.what_if_ratio <= 1:

@@ -19,15 +19,26 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from distill.promote import first_of_each_config, pareto_front
-from search.space import PARAMS
-from search.study import FINALIZED_PREFIX, REFERENCE_ATTR, is_feasible
-from search.study_config import SearchSettings
+from ledger.records import (
+    BLOCK_IMPORTANCE,
+    LATENCY_OBJECTIVE_NAMES,
+    OBJECTIVE_NAMES,
+    SEARCH_PARAMS,
+    failure_reason,
+    flop_convention,
+    is_latency_study,
+    read_baseline,
+    read_finalized,
+    recorded_ratio,
+    recorded_settings,
+    reference_name,
+)
+from ledger.rules import first_of_each_config, is_feasible, pareto_front
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("gflops_per_question", "accuracy")
-LATENCY_OBJECTIVE = "latency_vs_teacher"  # objective 0 of a `[search] cost = "latency"` study
+OBJECTIVES = tuple(OBJECTIVE_NAMES)
+LATENCY_OBJECTIVE = LATENCY_OBJECTIVE_NAMES[0]  # objective 0 of a `[search] cost = "latency"` study
 # Hypervolume reference point: 1.1 x the teacher's FLOPs (so a front holding only the teacher still has
 # area) and accuracy 0.
 HYPERVOLUME_FLOPS_MARGIN = 1.1
@@ -120,25 +131,20 @@ class ReportData(NamedTuple):
 # ----- the study ---------------------------------------------------------------------------------------------
 def study_facts(study: optuna.Study, ratio: float | None = None) -> StudyFacts:
     """Read the cached baseline and settings; `ratio` defaults to the one the study was run with."""
-    baseline = study.user_attrs.get("baseline")
-    if not baseline:
-        raise ValueError(f"study {study.study_name!r} has no baseline yet: run search.run first")
-    settings = study.user_attrs.get("study_config") or {}
-    search_ratio = float(
-        settings.get("search", {}).get("constraint_ratio", SearchSettings().constraint_ratio)
-    )
+    baseline = read_baseline(study)
+    search_ratio = recorded_ratio(study)
     if ratio is None:
         ratio = search_ratio
     return StudyFacts(
         name=study.study_name,
         ratio=float(ratio),
-        accuracy=baseline["accuracy"],
-        ci_low=baseline.get("ci_low", math.nan),
-        ci_high=baseline.get("ci_high", math.nan),
-        n=baseline.get("n", 0),
-        gflops=baseline["gflops"],
-        convention=study.user_attrs.get("flop_convention", "not recorded"),
-        settings=settings,
+        accuracy=baseline.accuracy,
+        ci_low=baseline.ci_low,
+        ci_high=baseline.ci_high,
+        n=baseline.n,
+        gflops=baseline.gflops,
+        convention=flop_convention(study),
+        settings=recorded_settings(study),
         objective=(study.metric_names or OBJECTIVES)[0],
         search_ratio=search_ratio,
     )
@@ -160,19 +166,19 @@ def config_label(params: Mapping[str, Any]) -> str:
             parts.append(f"-{params[key]} {tower}")
     if params.get("resampler_width"):
         parts.append(f"resampler {params['resampler_width']}")
-    parts += [f"{k}={v}" for k, v in params.items() if k not in PARAMS]
+    parts += [f"{k}={v}" for k, v in params.items() if k not in SEARCH_PARAMS]
     return ", ".join(parts)
 
 
 def searched_params(study: optuna.Study) -> list[str]:
     """Parameter names the trials hold: the search space's order first, then any others sorted."""
     names = {name for t in study.get_trials(deepcopy=False) for name in t.params}
-    return [p for p in PARAMS if p in names] + sorted(names - set(PARAMS))
+    return [p for p in SEARCH_PARAMS if p in names] + sorted(names - set(SEARCH_PARAMS))
 
 
 def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
     """One row per trial (every state): objectives, feasibility, the per-trial user attributes, params."""
-    depths = study.user_attrs.get("block_importance") or {}
+    depths = study.user_attrs.get(BLOCK_IMPORTANCE) or {}
     params = searched_params(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -191,7 +197,7 @@ def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
             # The search's own verdict (optuna's trial.constraints, as promote and study.best_trials read
             # it), unless the report was asked for a what-if at another ratio.
             "feasible": (done and facts.threshold - accuracy <= 0) if facts.what_if else is_feasible(t),
-            "reference": attrs.get(REFERENCE_ATTR, ""),
+            "reference": reference_name(t),
             "config": config_label(t.params),
             "reduction_pct": 100 * (1 - gflops / facts.gflops) if done else math.nan,
             "ci_low": attrs.get("ci_low", math.nan),
@@ -202,7 +208,7 @@ def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
             "image_tokens": attrs.get("image_tokens", math.nan),
             "decoder_layers_kept": _layers_kept(attrs, t.params, depths, "decoder"),
             "encoder_layers_kept": _layers_kept(attrs, t.params, depths, "encoder"),
-            "reason": attrs.get("invalid_reason") or attrs.get("fail_reason") or "",
+            "reason": failure_reason(t),
         }
         row.update({p: t.params.get(p, math.nan) for p in params})
         rows.append(row)
@@ -249,9 +255,9 @@ def state_counts(trials: pd.DataFrame) -> dict[str, int]:
 
 
 def pareto_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
-    """The constrained Pareto set (`distill.promote.pareto_front` over feasible trials), fewest FLOPs first.
+    """The constrained Pareto set (`ledger.rules.pareto_front` over feasible trials), fewest FLOPs first.
 
-    One row per distinct config, as `distill.promote` does: TPE re-samples configs, and a re-sampled one
+    One row per distinct config, as promotion does: TPE re-samples configs, and a re-sampled one
     scores the same, so it would be listed again as a tie on the front.
     """
     feasible = set(trials.loc[trials["feasible"], "number"])
@@ -292,20 +298,19 @@ _FINALIZED_COLUMNS = [
 
 
 def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per `finalized:<N>` record: the trial's post-hoc numbers beside its distilled ones."""
+    """One row per finalized record: the trial's post-hoc numbers beside its distilled ones."""
     by_number = trials.set_index("number")
-    teacher_gflops = study.user_attrs["baseline"]["gflops"]
-    latency = (study.metric_names or OBJECTIVES)[0] == LATENCY_OBJECTIVE
+    teacher_gflops = read_baseline(study).gflops
+    latency = is_latency_study(study)
     rows = []
-    for key, record in study.user_attrs.items():
-        if not key.startswith(FINALIZED_PREFIX):
-            continue
-        number = int(record.get("trial", key.removeprefix(FINALIZED_PREFIX)))
+    for number, record in read_finalized(study).items():
         if number not in by_number.index or by_number.at[number, "state"] != TrialState.COMPLETE.name:
-            logger.warning("%s names no complete trial of the study; left out", key)
+            logger.warning(
+                "the finalized record of trial %d names no complete trial of the study; left out", number
+            )
             continue
         trial = by_number.loc[number]
-        speed = _speed_columns(record.get("speed") or {})
+        speed = _speed_columns(record.speed or {})
         rows.append(
             {
                 "trial": number,
@@ -313,20 +318,20 @@ def finalized_frame(study: optuna.Study, trials: pd.DataFrame) -> pd.DataFrame:
                 "posthoc_gflops": trial["gflops"],
                 "posthoc_cost": trial["cost"],
                 "posthoc_accuracy": trial["accuracy"],
-                "posthoc_full_accuracy": _number(record.get("posthoc_full_accuracy")),
-                "distilled_gflops": record["gflops"],
+                "posthoc_full_accuracy": _number(record.posthoc_full_accuracy),
+                "distilled_gflops": record.gflops,
                 # A latency study's distilled point: the latency ratio finalize measured (1 / speed-up).
-                "distilled_cost": 1 / speed["speedup_x"] if latency else record["gflops"],
-                "distilled_accuracy": record["mcq_accuracy"],
-                "distilled_ci_low": _number(record.get("ci_low")),
-                "distilled_ci_high": _number(record.get("ci_high")),
-                "distilled_n": record.get("n"),
-                "da_accuracy": _number(record.get("da_accuracy")),
+                "distilled_cost": 1 / speed["speedup_x"] if latency else record.gflops,
+                "distilled_accuracy": record.mcq_accuracy,
+                "distilled_ci_low": _number(record.ci_low),
+                "distilled_ci_high": _number(record.ci_high),
+                "distilled_n": record.n,
+                "da_accuracy": _number(record.da_accuracy),
                 # finalize compares with the teacher on the same (full validation) questions; records
                 # written before it stored `teacher_gflops` fall back to the search subset's baseline.
                 "distilled_reduction_pct": 100
-                * (1 - record["gflops"] / record.get("teacher_gflops", teacher_gflops)),
-                "keeps_constraint": record.get("keeps_constraint"),
+                * (1 - record.gflops / (record.teacher_gflops or teacher_gflops)),
+                "keeps_constraint": record.keeps_constraint,
                 **speed,
             }
         )

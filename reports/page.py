@@ -23,10 +23,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline
 
+from ledger.config import DRY_RUN_SUFFIX, StudyConfig
+from ledger.storage import load_existing_study
 from reports import figures
 from reports.data import ReportData, headline, hypervolume_reference, report_data, state_counts
-from search.storage import load_existing_study
-from search.study_config import DRY_RUN_SUFFIX, StudyConfig
 from vlm.atomic import atomic_file, write_text
 
 logger = logging.getLogger(__name__)
@@ -400,6 +400,19 @@ def load_report_data(
     """The study's report data; feasibility is the search's own unless `what_if_ratio` asks for another."""
     study = load_existing_study(config.name, storage_url or config.default_storage, read_only=True)
     data = report_data(study, what_if_ratio)
+    if (
+        what_if_ratio is None
+        and data.facts.settings
+        and abs(data.facts.ratio - config.search.constraint_ratio) > 1e-12
+    ):
+        logger.warning(
+            "study %r was searched with constraint_ratio = %s; its config now says %s: the report keeps the "
+            "search's line (ask for --what-if-ratio %s to see the other, labelled as a what-if)",
+            config.name,
+            data.facts.ratio,
+            config.search.constraint_ratio,
+            config.search.constraint_ratio,
+        )
     if not data.facts.settings:  # a study from before "study_config" was recorded: the TOML is all we have
         data = data._replace(facts=data.facts._replace(settings=config.to_dict()))
     return data

@@ -89,7 +89,7 @@ class DryRunScale:
 # ----- the offline world --------------------------------------------------------------------------------------
 def teacher_config(teacher: str):
     """The teacher's architecture without its weights: see the module docstring."""
-    from search.study_config import DEMO
+    from ledger.config import DEMO
     from vlm.config import VLMConfig
 
     if teacher == DEMO:
@@ -193,7 +193,7 @@ def build_world(
 # ----- the derived study ---------------------------------------------------------------------------------------
 def dryrun_study_config(config, teacher_dir: Path, data_dir: Path, scale: DryRunScale):
     """`config` pointed at the offline world, with questions, trials and steps scaled down."""
-    from search.study_config import DRY_RUN_SUFFIX
+    from ledger.config import DRY_RUN_SUFFIX
 
     replace = dataclasses.replace
     return replace(
@@ -311,7 +311,7 @@ def timed(name: str, record: dict, fn, *args, **kwargs):
 
 def trial_rows(study) -> list[dict]:
     """Per trial: what it was, whether it finished, and its stage seconds and peak memory."""
-    from search.study import REFERENCE_ATTR
+    from ledger.records import reference_name
 
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -320,7 +320,7 @@ def trial_rows(study) -> list[dict]:
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "name": attrs.get(REFERENCE_ATTR) or attrs.get("dryrun_knob") or "sampled",
+                "name": reference_name(t) or attrs.get("dryrun_knob") or "sampled",
                 "params": t.params,
                 "gflops": attrs.get("gflops"),
                 "views": attrs.get("views"),
@@ -567,9 +567,11 @@ def dry_run(
     import reports.build
     import search.run
     from distill.finalizer import finalize, resolve_trial
-    from search.study import REFERENCE_ATTR, open_study, reference_trials
-    from search.study_config import load_study_config
-    from search.world import resolve_device
+    from ledger.config import load_study_config
+    from ledger.records import BASELINE, reference_name
+    from ledger.rules import reference_trials
+    from ledger.world import resolve_device
+    from search.study import open_study
     from vlm.config import BenchSettings
     from vlm.paths import cache_dir, project_root
     from vlm.timing import environment
@@ -601,7 +603,7 @@ def dry_run(
     device = resolve_device(config.model.device)
     record["environment"] = environment(device, torch.float32 if device.type == "cpu" else torch.bfloat16)
     record["dtype"] = (
-        f"study dtype {config.model.dtype}; on the CPU search.world.load_teacher runs float32"
+        f"study dtype {config.model.dtype}; on the CPU ledger.world.load_teacher runs float32"
         if device.type == "cpu"
         else config.model.dtype
     )
@@ -624,7 +626,7 @@ def dry_run(
     rows = trial_rows(study)
     record["search_exit_code"] = rc
     record["trials"] = rows
-    record["baseline"] = study.user_attrs.get("baseline")
+    record["baseline"] = study.user_attrs.get(BASELINE)
     if not from_finalize:
         timed("promote", stages, distill.promote.main, args)
     # Finalize the 'global view only' reference: all of the teacher's parameters (finalize at 460M), trained
@@ -639,8 +641,8 @@ def dry_run(
         quick = speed_settings or BenchSettings(
             0, 1, batch_size=0, new_tokens=2, components=False, memory=True
         )
-        finalize_record = timed("finalize", stages, finalize, config, study, trial, quick, 1)
-        finalize_record["trial_name"] = chosen.user_attrs.get(REFERENCE_ATTR)
+        finalized = timed("finalize", stages, finalize, config, study, trial, quick, 1)
+        finalize_record = {**finalized.to_dict(), "trial_name": reference_name(chosen)}
     record["finalize"] = finalize_record
     timed("report", stages, reports.build.main, args)
     record["stages"] = stages

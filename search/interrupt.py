@@ -7,7 +7,7 @@ only workers that vanish: SIGKILL, a lost machine). Here both signals raise `Int
 KeyboardInterrupt) in the main thread; `InterruptGuard.stop` then makes sure the trial is FAIL and enqueues
 one copy of it, with the same params and optuna's `failed_trial`/`retry_history` system attributes, as the
 heartbeat retry does. A SIGKILL cannot be caught: that trial is retried by the next worker once its
-heartbeat is older than the grace period (search.storage).
+heartbeat is older than the grace period (ledger.storage).
 """
 
 from __future__ import annotations

@@ -12,47 +12,36 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import optuna
 import torch
 
+from ledger.config import StudyConfig
+from ledger.records import (
+    BASELINE,
+    BLOCK_IMPORTANCE,
+    FAIL_REASON,
+    INVALID_REASON,
+    Baseline,
+    LatencyRecord,
+    TrialRecord,
+    record_config,
+    record_constraint,
+    record_settings,
+)
+from ledger.world import load_split, load_teacher
 from search.claims import measure_once
 from search.importance import block_influence, drop_order
 from search.space import check_space, suggest_compression
 from search.stages import StageMeter
-from search.study_config import StudyConfig
 from search.trial_eval import SubsetEvaluator, vision_key
 from search.warmup import teacher_letter_logits, warm_up_resampler
-from search.world import load_split, load_teacher
 from vlm.compression import CompressionError, compress, plan_student
+from vlm.distillation import DistillationLoss
 from vlm.evaluate import EvalConfig
 from vlm.flops import CONVENTION
 
 logger = logging.getLogger(__name__)
-
-OBJECTIVE_NAMES = ["gflops_per_question", "accuracy"]
-CONSTRAINT_ATTR = "constraint"  # [ratio * X - accuracy]: feasible when <= 0 (also given to the sampler)
-# [search] cost = "latency": measured MCQ latency at batch 1 divided by the teacher's, timed in the same process.
-LATENCY_OBJECTIVE_NAMES = ["latency_vs_teacher", "accuracy"]
-
-
-def objective_names(cost: str) -> list[str]:
-    """The study's metric names for a `[search] cost` setting ("flops" or "latency")."""
-    return LATENCY_OBJECTIVE_NAMES if cost == "latency" else OBJECTIVE_NAMES
-
-
-@dataclass
-class Baseline:
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    n: int
-    gflops: float
-
-    @property
-    def as_attr(self) -> dict:
-        return self.__dict__.copy()
 
 
 class SearchContext:
@@ -82,20 +71,19 @@ class SearchContext:
             score = self.subset.score(self.teacher, plan)
             low, high = score.result.interval
             cost = self.subset.cost(self.teacher, plan)
-            study.set_user_attr("flop_convention", CONVENTION)
-            study.set_user_attr("study_config", self.config.to_dict())
-            return Baseline(score.accuracy, low, high, score.result.n, cost.flops / 1e9).as_attr
+            record_settings(study, self.config.to_dict(), CONVENTION)
+            return Baseline(score.accuracy, low, high, score.result.n, cost.flops / 1e9).to_attr()
 
         # One worker measures, however many start on a fresh study together (search.claims).
         value = measure_once(
             study,
-            "baseline",
+            BASELINE,
             measure,
             f"the teacher's X on {n} questions",
             lambda v: v.get("n") == n,
             **self._claim_timing,
         )
-        return Baseline(**value)
+        return Baseline.from_attr(value)
 
     def _layer_orders(self, study: optuna.Study) -> tuple[list[int], list[int]]:
         def measure() -> dict:
@@ -105,7 +93,7 @@ class SearchContext:
             decoder, encoder = block_influence(self.teacher, self.tokenizer, calibration)
             return {"decoder": decoder, "encoder": encoder}
 
-        cached = measure_once(study, "block_importance", measure, "the layer ranking", **self._claim_timing)
+        cached = measure_once(study, BLOCK_IMPORTANCE, measure, "the layer ranking", **self._claim_timing)
         return drop_order(cached["decoder"]), drop_order(cached["encoder"])
 
     @property
@@ -152,11 +140,11 @@ class Objective:
         ctx = self.context
         search = ctx.config.search
         compression = suggest_compression(trial, ctx.config.space, ctx.decoder_order, ctx.encoder_order)
-        trial.set_user_attr("config", compression.to_dict())
+        record_config(trial, compression.to_dict())
         try:
             plan = plan_student(ctx.teacher.cfg, compression)
         except CompressionError as err:
-            trial.set_user_attr("invalid_reason", str(err))
+            trial.set_user_attr(INVALID_REASON, str(err))
             raise optuna.TrialPruned(f"invalid config: {err}") from err
         try:
             # seconds and peak memory by stage
@@ -181,6 +169,9 @@ class Objective:
                         search.resampler_warmup_lr,
                         search.resampler_warmup_batch_size,
                         seed=search.seed + trial.number,
+                        loss_fn=DistillationLoss(
+                            search.resampler_warmup_kd_weight, search.resampler_warmup_temperature
+                        ),
                     )
                 trial.set_user_attr("resampler_warmup_loss", loss)
             threshold = ctx.promotion_threshold if search.early_stop else None
@@ -195,28 +186,13 @@ class Objective:
             trial.set_user_attr("stages", stages)
             timing = self._latency(student) if search.cost == "latency" else None
         except Exception as err:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
             raise
         low, high = score.result.interval
         gflops = cost.flops / 1e9
-        attrs = {
-            "views": cost.views,
-            "image_tokens": cost.image_tokens,
-            "prompt_tokens": cost.prompt_tokens,
-            "tokens_per_view": plan.tokens_per_view,
-            "decoder_layers_kept": len(plan.kept_decoder_layers),
-            "encoder_layers_kept": len(plan.kept_encoder_layers),
-            "gflops": gflops,
-            "reduction_pct": 100 * (1 - gflops / ctx.baseline.gflops),
-            "samples_evaluated": score.result.n,
-            "ci_low": low,
-            "ci_high": high,
-            "stopped_early": score.stopped_early,
-            "seconds": time.time() - start,
-            CONSTRAINT_ATTR: [ctx.threshold - score.accuracy],
-        }
+        latency = None
         if timing is not None:
-            attrs.update(
+            latency = LatencyRecord(
                 latency_ratio=timing["ratio"],
                 latency_ratio_spread=[timing["ratio_min"], timing["ratio_max"]],
                 latency_ratio_iqr=timing["ratio_iqr"],
@@ -224,13 +200,23 @@ class Objective:
                 teacher_latency_s=timing["reference_latency_s"],
                 speedup=1 / timing["ratio"],
             )
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        margin = ctx.threshold - score.accuracy  # feasible when <= 0
-        trial.set_constraint("accuracy_floor", margin)
-        # optuna-dashboard (0.21) reads only optuna 4's list form of the constraints: without it, it finds
-        # none and draws the unconstrained front. Optuna reads both forms; the values are the same.
-        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [margin])
+        TrialRecord(
+            views=cost.views,
+            image_tokens=cost.image_tokens,
+            prompt_tokens=cost.prompt_tokens,
+            tokens_per_view=plan.tokens_per_view,
+            decoder_layers_kept=len(plan.kept_decoder_layers),
+            encoder_layers_kept=len(plan.kept_encoder_layers),
+            gflops=gflops,
+            reduction_pct=100 * (1 - gflops / ctx.baseline.gflops),
+            samples_evaluated=score.result.n,
+            ci_low=low,
+            ci_high=high,
+            stopped_early=score.stopped_early,
+            seconds=time.time() - start,
+            latency=latency,
+        ).write(trial)
+        record_constraint(trial, ctx.threshold - score.accuracy)  # feasible when <= 0
         return (gflops if timing is None else timing["ratio"]), score.accuracy
 
     def _latency(self, student) -> dict:

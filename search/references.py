@@ -4,7 +4,7 @@ points the search must beat. Each is expressed in the search space's parameters 
 
 from __future__ import annotations
 
-from search.study_config import SpaceSettings
+from ledger.config import SpaceSettings
 from vlm.config import VLMConfig
 
 

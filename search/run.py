@@ -93,18 +93,12 @@ def _run(args: argparse.Namespace, guard=None) -> int:
     import optuna
     from tqdm.auto import tqdm
 
+    from ledger.config import load_study_config
+    from ledger.records import FAIL_REASON, INVALID_REASON, trial_config
+    from ledger.rules import best_feasible, count_finished, count_running, reference_trials
+    from ledger.world import WorldUnavailable
     from search.objective import Objective, SearchContext
-    from search.study import (
-        StopAtTarget,
-        best_feasible,
-        count_finished,
-        count_running,
-        enqueue_references,
-        open_study,
-        reference_trials,
-    )
-    from search.study_config import load_study_config
-    from search.world import WorldUnavailable
+    from search.study import StopAtTarget, enqueue_references, open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -136,12 +130,10 @@ def _run(args: argparse.Namespace, guard=None) -> int:
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         progress.n = min(count_finished(study), target)
         progress.set_postfix_str(f"best feasible: {_describe(best_feasible(study))}")
-        if trial.state == optuna.trial.TrialState.PRUNED and "invalid_reason" in trial.user_attrs:
-            logger.debug("trial %d pruned: %s", trial.number, trial.user_attrs["invalid_reason"])
+        if trial.state == optuna.trial.TrialState.PRUNED and INVALID_REASON in trial.user_attrs:
+            logger.debug("trial %d pruned: %s", trial.number, trial.user_attrs[INVALID_REASON])
         if trial.state == optuna.trial.TrialState.FAIL:
-            logger.warning(
-                "trial %d failed: %s", trial.number, trial.user_attrs.get("fail_reason", "see log")
-            )
+            logger.warning("trial %d failed: %s", trial.number, trial.user_attrs.get(FAIL_REASON, "see log"))
 
     # Stale trials of a killed worker are failed (and retried) now, even if no new trial needs to start.
     _fail_stale_trials(study)
@@ -188,15 +180,13 @@ def _run(args: argparse.Namespace, guard=None) -> int:
             "no trial finished: the %d trial(s) run failed, the first (#%d) with %s; fix that and run again",
             len(new_failures),
             first.number,
-            first.user_attrs.get("fail_reason", "an error (see --verbose)"),
+            first.user_attrs.get(FAIL_REASON, "an error (see --verbose)"),
         )
         return 1
 
     best = best_feasible(study)
     logger.info("study %s: %d finished trials", config.name, count_finished(study))
-    logger.info(
-        "best feasible: %s config %s", _describe(best), best.user_attrs.get("config") if best else None
-    )
+    logger.info("best feasible: %s config %s", _describe(best), trial_config(best) if best else None)
     for name, trial in reference_trials(study).items():
         logger.info("reference %-18s %s", name, _describe(trial))
     stats = context.subset.features.stats

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 
 import optuna
 
-from search.study_config import SpaceSettings, StudyConfigError
+from ledger.config import SpaceSettings, StudyConfigError
+from ledger.records import SEARCH_PARAMS
 from vlm.config import MAX_CROP_GRID, CompressionConfig, VLMConfig
 
-PARAMS = ("token_grid", "view_size", "max_grid_side", "n_drop_decoder", "n_drop_encoder", "resampler_width")
+PARAMS = SEARCH_PARAMS  # the names are part of the study's record schema (ledger.records)
 # Sampled only when [space] reducers lists more than "none"; keep_fraction / merge_r only for their reducer.
 REDUCER_PARAMS = ("token_reducer", "keep_fraction", "merge_r")
 

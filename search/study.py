@@ -1,4 +1,7 @@
-"""Creating/resuming a study, seeding it with the reference configs, and reading results back."""
+"""Creating/resuming a study for the search, seeding it with the reference configs, and stopping at a target.
+
+What the study holds, and how its trials are judged, is `ledger`'s (`ledger.records`, `ledger.rules`).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,15 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
+from ledger.config import SearchSettings, StudyConfig
+from ledger.records import REFERENCE, check_same_ratio, objective_names
+from ledger.rules import FINISHED
+from ledger.storage import open_storage
 from search.references import reference_params
-from search.storage import open_storage
-from search.study_config import SearchSettings, StudyConfig
 from vlm.cli import UsageError
 from vlm.config import VLMConfig
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_ATTR = "reference"
-FINALIZED_PREFIX = "finalized:"  # study user attribute "finalized:<N>": distill.finalize's record of trial N
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
@@ -29,7 +30,9 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=settings.seed)
     # Multi-objective TPE; a few random start-up trials after the references. The accuracy floor reaches
     # every sampler through `trial.set_constraint` (the objective sets it).
-    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=20, multivariate=True)
+    return optuna.samplers.TPESampler(
+        seed=settings.seed, n_startup_trials=settings.tpe_startup_trials, multivariate=True
+    )
 
 
 def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.Study:
@@ -42,8 +45,6 @@ def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.St
         sampler=make_sampler(config.search),
         load_if_exists=True,
     )
-    from search.objective import objective_names  # here: the objective pulls in torch, readers need neither
-
     names = objective_names(config.search.cost)
     if study.metric_names != names:
         if study.metric_names and study.get_trials(deepcopy=False, states=FINISHED):
@@ -54,6 +55,8 @@ def open_study(config: StudyConfig, storage_url: str | None = None) -> optuna.St
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(names)
+    # Trials judged at two ratios would disagree on what is feasible: a study keeps the one it started with.
+    check_same_ratio(study, config.search.constraint_ratio, f"the study config of {config.name!r}")
     return study
 
 
@@ -75,18 +78,9 @@ def enqueue_references(
     study.set_user_attr("references_claimed_at", time.time())
     refs = reference_params(teacher_cfg, config.space)
     for name, params in refs.items():
-        study.enqueue_trial(params, user_attrs={REFERENCE_ATTR: name}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={REFERENCE: name}, skip_if_exists=True)
     study.set_user_attr("references_enqueued", True)
     return len(refs)
-
-
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def count_running(study: optuna.Study) -> int:
-    """Trials some worker (this one or another) is running now."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 class StopAtTarget:
@@ -103,30 +97,3 @@ class StopAtTarget:
         # One read of the trials, not two: this runs after every trial, between counting and the next start.
         if len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) >= self.target:
             study.stop()
-
-
-def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    """Optuna's own rule on the trial's constraints (feasible when every value is <= 0), so promote, the
-    report, `study.best_trials` and optuna-dashboard agree."""
-    constraints = trial.constraints  # {name: value} in optuna 5
-    values = list(constraints.values() if isinstance(constraints, dict) else constraints or ())
-    return trial.state == TrialState.COMPLETE and bool(values) and all(v <= 0 for v in values)
-
-
-def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
-
-
-def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """Fewest FLOPs among trials with accuracy >= ratio * X (ties: higher accuracy)."""
-    trials = feasible_trials(study)
-    return min(trials, key=lambda t: (t.values[0], -t.values[1])) if trials else None
-
-
-def reference_trials(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
-    out = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        name = trial.user_attrs.get(REFERENCE_ATTR)
-        if name and name not in out:
-            out[name] = trial
-    return out

@@ -20,7 +20,7 @@ import torch
 from vlm.config import ImageSpec
 from vlm.data import VQAExample
 from vlm.evaluate import EvalConfig, MCQResult, encode_mcq, iter_mcq, wilson_interval
-from vlm.flops import connector_flops_per_view, prefill_flops, vision_flops_per_view
+from vlm.flops import QuestionCost, mcq_question_cost
 from vlm.model import VisionLanguageModel
 from vlm.plan import StudentPlan
 from vlm.processing import Encoded
@@ -113,14 +113,6 @@ class TrialScore:
         return self.result.accuracy
 
 
-@dataclass(frozen=True)
-class QuestionCost:
-    views: float
-    image_tokens: float
-    prompt_tokens: float
-    flops: float
-
-
 class SubsetEvaluator:
     """Scores students on a fixed list of validation questions, with the caches described above."""
 
@@ -151,13 +143,9 @@ class SubsetEvaluator:
     def cost(self, model: VisionLanguageModel, plan: StudentPlan) -> QuestionCost:
         """Analytic FLOPs per question (MCQ: one prefill, no decode step) averaged over the subset."""
         encodings = self.encodings(model)
-        connector = plan.connector  # its merge schedule shapes the ViT's cost, its scorer the connector's
-        per_view = vision_flops_per_view(plan.cfg, connector) + connector_flops_per_view(plan.cfg, connector)
-        n = len(encodings)
-        views = [int(e.images.shape[0]) for e in encodings]
-        prompts = [int(e.input_ids.shape[0]) for e in encodings]
-        flops = sum(v * per_view + prefill_flops(plan.cfg, t) for v, t in zip(views, prompts)) / n
-        return QuestionCost(sum(views) / n, sum(views) * plan.tokens_per_view / n, sum(prompts) / n, flops)
+        return mcq_question_cost(
+            plan, [int(e.images.shape[0]) for e in encodings], [int(e.input_ids.shape[0]) for e in encodings]
+        )
 
     def vision_fn_for(self, model: VisionLanguageModel, key: VisionKey):
         def fn(images: torch.Tensor, question_ids: Sequence[str], n_views: Sequence[int]) -> torch.Tensor:

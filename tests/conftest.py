@@ -132,7 +132,7 @@ def tiny_examples() -> list[VQAExample]:
 @pytest.fixture(scope="session")
 def world_teacher(world):
     """(the tiny world's random teacher in eval mode on CPU, its tokenizer); `world` comes from the package's conftest."""
-    from search.study_config import ModelSettings
-    from search.world import load_teacher
+    from ledger.config import ModelSettings
+    from ledger.world import load_teacher
 
     return load_teacher(ModelSettings(teacher=str(world.teacher), device="cpu"))

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ledger.config import load_study_config
 from search.dryrun import DryRunScale, dry_run, dryrun_tokenizer, knob_params
 from search.references import reference_params
-from search.study_config import load_study_config
 from vlm.compression import compress
 from vlm.config import BenchSettings, VLMConfig
 from vlm.tokenizer import special_token_ids
@@ -105,7 +105,7 @@ def test_finalize_and_report_at_real_shapes(record):
     assert final["trial_name"] == "global view only" and final["train"]["steps"] == 2
     assert math.isfinite(final["train"]["seconds_per_step"]) and math.isfinite(final["mcq_accuracy"])
     assert (record["root"] / "studies" / "realshapes-dryrun" / "finalize").is_dir()
-    report = (record["root"] / "reports" / "realshapes-dryrun" / "index.html").read_text()
+    report = (record["root"] / "out" / "reports" / "realshapes-dryrun" / "index.html").read_text()
     assert "DRY RUN" in report
     assert record["estimate"]["flops"]["total"] > 0 and record["warning"].startswith("DRY RUN")
 
@@ -134,11 +134,11 @@ def bf16_teacher():
 )
 def test_bfloat16_forward_and_backward_at_real_shapes(bf16_teacher, name):
     """A bf16 teacher's students run forward, and their fresh weights backward (the study on a CPU runs
-    float32: search.world.load_teacher), at one 512 px view: the dtype, not the view count, is under test."""
+    float32: ledger.world.load_teacher), at one 512 px view: the dtype, not the view count, is under test."""
     from optuna.trial import FixedTrial
 
+    from ledger.config import SpaceSettings
     from search.space import suggest_compression
-    from search.study_config import SpaceSettings
 
     space = SpaceSettings(reducers=("none", "norm_drop", "score_prune", "merge"), merge_r=(8, 64))
     params = {**reference_params(TWO_BLOCKS, space), **knob_params(TWO_BLOCKS, space)}[name]

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,28 @@ def decode_steps_flops(cfg: VLMConfig, prompt_tokens: int, steps: int, warmup_st
             cfg.lm_n_blocks * _decoder_layer_macs(cfg, 1, context) + cfg.lm_hidden_dim * cfg.lm_vocab_size
         )
     return 2 * total
+
+
+@dataclass(frozen=True)
+class QuestionCost:
+    """MCQ scoring's analytic cost per question (one prefill, no decode step), averaged over questions."""
+
+    views: float
+    image_tokens: float
+    prompt_tokens: float
+    flops: float
+
+
+def mcq_question_cost(plan: StudentPlan, views: Sequence[int], prompt_tokens: Sequence[int]) -> QuestionCost:
+    """The mean over questions with these view counts and prompt lengths (the prompts as the processor built
+    them for `plan`'s image spec): what the search scores a trial with and finalize reports."""
+    if len(views) != len(prompt_tokens) or not views:
+        raise ValueError(f"need one view count per prompt, got {len(views)} and {len(prompt_tokens)}")
+    connector = plan.connector  # its merge schedule shapes the ViT's cost, its scorer the connector's
+    per_view = vision_flops_per_view(plan.cfg, connector) + connector_flops_per_view(plan.cfg, connector)
+    n = len(views)
+    flops = sum(v * per_view + prefill_flops(plan.cfg, t) for v, t in zip(views, prompt_tokens)) / n
+    return QuestionCost(sum(views) / n, sum(views) * plan.tokens_per_view / n, sum(prompt_tokens) / n, flops)
 
 
 def analytic_flops(

@@ -1,6 +1,7 @@
 """Every artifact path resolves from one root: $VLMC_HOME, else the current directory.
 
-Studies live in `<root>/studies`, reports in `<root>/reports`, caches (demo dataset, teacher outputs,
+Studies live in `<root>/studies`, reports in `<root>/out/reports` (never inside the `reports/` source
+package when the root is the checkout), caches (demo dataset, teacher outputs,
 vision features) in `<root>/.cache`.
 """
 
@@ -23,4 +24,4 @@ def studies_dir() -> Path:
 
 
 def reports_dir() -> Path:
-    return project_root() / "reports"
+    return project_root() / "out" / "reports"

@@ -15,9 +15,9 @@ import torch
 from optuna.trial import TrialState
 
 from distill.train import teacher_letter_logits_cached
+from ledger.config import DataSettings, DistillSettings
+from ledger.world import load_split
 from search.run import main as search_main
-from search.study_config import DataSettings, DistillSettings
-from search.world import load_split
 from tests.tiny_world import TinyWorld, make_tiny_world, tiny_study_toml
 
 STUDY = "tiny"

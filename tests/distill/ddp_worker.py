@@ -21,8 +21,8 @@ import torch
 
 import distill.train
 from distill.train import DistillSettingsError, build_student, train_student
-from search.study_config import DataSettings, DistillSettings, ModelSettings
-from search.world import load_split, load_teacher
+from ledger.config import DataSettings, DistillSettings, ModelSettings
+from ledger.world import load_split, load_teacher
 from vlm.config import CompressionConfig
 
 TRAIN_QUESTIONS = 16

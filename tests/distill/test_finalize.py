@@ -15,11 +15,11 @@ import time
 import pytest
 
 from distill.finalize import main
-from distill.finalizer import FINALIZED_PREFIX
-from distill.promote import promoted_trials
 from distill.train import STATE_FILE
-from search.study_config import DataSettings, load_study_config
-from search.world import load_split
+from ledger.config import DataSettings, load_study_config
+from ledger.records import FINALIZED_PREFIX
+from ledger.rules import promoted_trials
+from ledger.world import load_split
 from tests.distill.conftest import STUDY, study_toml
 from vlm.checkpoint import CONFIG_FILE, EXTRAS_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_pretrained
 from vlm.evaluate import EvalConfig, evaluate_mcq
@@ -124,10 +124,7 @@ def test_finalize_best_records_saves_and_is_idempotent(searched, world, caplog):
 
 
 def _unpromoted_complete(study, toml) -> int:
-    search = load_study_config(toml).search
-    promoted = {
-        row["trial"] for row in promoted_trials(study, search.constraint_ratio, search.promotion_margin)
-    }
+    promoted = {row.trial for row in promoted_trials(study, load_study_config(toml).search.promotion_margin)}
     return next(
         t.number
         for t in study.trials

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.finalize import main
-from distill.finalizer import FINALIZED_PREFIX
+from ledger.records import FINALIZED_PREFIX
 from vlm.checkpoint import WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from distill.finalize import main
-from distill.finalizer import FINALIZED_PREFIX, SPEED_QUESTIONS
+from distill.finalizer import SPEED_QUESTIONS
+from ledger.records import FINALIZED_PREFIX
 from reports.data import report_data
 
 

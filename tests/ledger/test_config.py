@@ -7,15 +7,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.references import reference_params
-from search.space import PARAMS, REDUCER_PARAMS, suggest_compression
-from search.study_config import (
+from ledger.config import (
     SearchSettings,
     SpaceSettings,
     StudyConfig,
     load_study_config,
     study_config_from_dict,
 )
+from search.references import reference_params
+from search.space import PARAMS, REDUCER_PARAMS, suggest_compression
 from vlm.compression import plan_student
 from vlm.config import VLMConfig
 

@@ -19,8 +19,6 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.objective import CONSTRAINT_ATTR
-
 X, TEACHER_GFLOPS, RATIO = 0.8, 100.0, 0.85
 NAME = "synthetic"
 
@@ -92,7 +90,6 @@ def make_study(storage=None, name: str = NAME, finalized: bool = True) -> optuna
                 views=13.0,
                 image_tokens=13.0 * params["token_grid"] ** 2,
                 encoder_layers_kept=ENCODER_LAYERS - params["n_drop_encoder"],
-                **{CONSTRAINT_ATTR: [RATIO * X - accuracy]},
             )
             if params["n_drop_decoder"] == 0:  # the others' decoder depth comes from block_importance
                 user_attrs["decoder_layers_kept"] = DECODER_LAYERS

@@ -10,8 +10,9 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
+from ledger.rules import is_feasible
 from reports import data
-from search.study import is_feasible
+from vlm.cli import UsageError
 from tests.reports.conftest import DECODER_LAYERS, RATIO, TEACHER_GFLOPS, X, make_study
 
 
@@ -31,7 +32,7 @@ def test_facts_come_from_the_study_and_the_ratio(study):
 
 def test_a_study_without_baseline_is_refused():
     study = optuna.create_study(directions=["minimize", "maximize"])
-    with pytest.raises(ValueError, match="no baseline"):
+    with pytest.raises(UsageError, match="no baseline"):
         data.study_facts(study, RATIO)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.study_config import DataSettings
-from search.world import load_split
+from ledger.config import DataSettings
+from ledger.world import load_split
 from tests.tiny_world import TinyWorld, make_tiny_world
 
 STUDY = "tiny"

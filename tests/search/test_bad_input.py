@@ -15,8 +15,8 @@ import optuna
 import pytest
 
 import search.objective
+from ledger.storage import StorageError, load_existing_study, mask_password, open_storage
 from search.run import main
-from search.storage import StorageError, load_existing_study, mask_password, open_storage
 from tests.search.conftest import STUDY, load, run_args, sqlite_url
 
 SECRET = "s3cr3t-pw"

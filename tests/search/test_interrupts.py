@@ -15,8 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from ledger.rules import FINISHED
 from search.run import main
-from search.study import FINISHED
 from tests.search.conftest import STUDY, load, log_tail, run_args, spawn, sqlite_url
 from tests.tiny_world import tiny_study_toml
 from vlm.demo.dataset import DemoDataConfig, generate_demo_dataset

@@ -10,8 +10,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from ledger.records import LATENCY_OBJECTIVE_NAMES, OBJECTIVE_NAMES
 from reports import data, figures
-from search.objective import LATENCY_OBJECTIVE_NAMES, OBJECTIVE_NAMES
 from search.run import main
 from tests.search.conftest import STUDY, load, run_args, sqlite_url
 from tests.tiny_world import tiny_study_toml

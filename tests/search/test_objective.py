@@ -12,14 +12,13 @@ import torch
 from optuna.trial import TrialState
 from optuna_dashboard._serializer import serialize_frozen_trial
 
-from distill.promote import pareto_front
-from search.objective import CONSTRAINT_ATTR, OBJECTIVE_NAMES
+from ledger.config import load_study_config
+from ledger.records import OBJECTIVE_NAMES, REFERENCE
+from ledger.rules import count_finished, is_feasible, pareto_front
+from ledger.world import load_split
 from search.references import reference_params
 from search.run import main
-from search.study import REFERENCE_ATTR, count_finished, is_feasible
-from search.study_config import load_study_config
 from search.trial_eval import FeatureCache, SubsetEvaluator
-from search.world import load_split
 from tests.search.conftest import load, run_args, sqlite_url
 from vlm.compression import plan_student
 from vlm.config import CompressionConfig
@@ -120,11 +119,11 @@ def test_references_come_first_teacher_first(searched, world_teacher):
     expected = reference_params(teacher.cfg, searched.config.space)
     trials = sorted(searched.study.trials, key=lambda t: t.number)
     firsts = trials[: len(expected)]
-    assert [t.user_attrs.get(REFERENCE_ATTR) for t in firsts] == list(expected)
-    assert firsts[0].user_attrs[REFERENCE_ATTR] == "teacher"
+    assert [t.user_attrs.get(REFERENCE) for t in firsts] == list(expected)
+    assert firsts[0].user_attrs[REFERENCE] == "teacher"
     for trial in firsts:
-        assert trial.params == expected[trial.user_attrs[REFERENCE_ATTR]]
-    assert all(REFERENCE_ATTR not in t.user_attrs for t in trials[len(expected) :])
+        assert trial.params == expected[trial.user_attrs[REFERENCE]]
+    assert all(REFERENCE not in t.user_attrs for t in trials[len(expected) :])
 
 
 def test_teacher_trial_reproduces_the_baseline(searched):
@@ -160,9 +159,11 @@ def test_feasible_iff_accuracy_reaches_the_floor(searched):
     complete = searched.study.get_trials(states=(TrialState.COMPLETE,))
     for trial in complete:
         assert is_feasible(trial) == (trial.values[1] >= floor), trial.number
-        # Optuna's own constraint (what the samplers and best_trials read) agrees with the user attribute.
-        margin = trial.user_attrs[CONSTRAINT_ATTR][0]
-        assert trial.constraints["accuracy_floor"] == margin and set(trial.constraints.values()) == {margin}
+        # Optuna's own constraint (what the samplers and best_trials read) is ratio·X - accuracy, and the only one.
+        margin = trial.constraints["accuracy_floor"]
+        # (the dashboard's list form reads back as key "0": the same value)
+        assert margin == pytest.approx(floor - trial.values[1], abs=1e-12)
+        assert set(trial.constraints.values()) == {margin}
         # ... and optuna-dashboard, which reads the list form only, sees the same value.
         assert serialize_frozen_trial(0, trial, {})["constraints"] == [margin]
     assert any(is_feasible(t) for t in complete)  # at least the teacher
@@ -186,7 +187,7 @@ def test_bigger_target_resumes_without_remeasuring(searched):
         assert study.user_attrs[key] == searched.attrs_after_first[key]
     assert any("teacher X =" in message for message in searched.resume_log)  # the log was captured
     assert not any("measuring the teacher" in message for message in searched.resume_log)
-    assert sum(t.user_attrs.get(REFERENCE_ATTR) == "teacher" for t in study.trials) == 1
+    assert sum(t.user_attrs.get(REFERENCE) == "teacher" for t in study.trials) == 1
 
 
 def test_resampler_trial_scores_the_same_whatever_ran_before_it(searched, world, tmp_path):
@@ -204,7 +205,7 @@ def test_resampler_trial_scores_the_same_whatever_ran_before_it(searched, world,
 
 
 def _reference(study: optuna.Study, name: str):
-    return next(t for t in study.trials if t.user_attrs.get(REFERENCE_ATTR) == name)
+    return next(t for t in study.trials if t.user_attrs.get(REFERENCE) == name)
 
 
 def test_invalid_config_is_pruned_with_its_reason(searched):
@@ -236,12 +237,12 @@ def test_gflops_match_an_independent_analytic_count(searched, world_teacher):
     data = searched.config.data
     examples = load_split(data, data.split, data.subset_size)
     complete = searched.study.get_trials(states=(TrialState.COMPLETE,))
-    references = [t for t in complete if REFERENCE_ATTR in t.user_attrs]
-    assert {t.user_attrs[REFERENCE_ATTR] for t in references} >= {"teacher", "50% resampler"}
+    references = [t for t in complete if REFERENCE in t.user_attrs]
+    assert {t.user_attrs[REFERENCE] for t in references} >= {"teacher", "50% resampler"}
     for trial in references:
         compression = CompressionConfig.from_dict(trial.user_attrs["config"])
         expected = _analytic_gflops(teacher.cfg, tokenizer, examples, compression)
-        assert trial.values[0] == pytest.approx(expected, rel=1e-9), trial.user_attrs[REFERENCE_ATTR]
+        assert trial.values[0] == pytest.approx(expected, rel=1e-9), trial.user_attrs[REFERENCE]
     assert searched.study.user_attrs["baseline"]["gflops"] == pytest.approx(
         _analytic_gflops(teacher.cfg, tokenizer, examples, CompressionConfig()), rel=1e-9
     )

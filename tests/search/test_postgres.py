@@ -19,8 +19,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.storage import mask_password
-from search.study import FINISHED, REFERENCE_ATTR
+from ledger.records import REFERENCE
+from ledger.rules import FINISHED
+from ledger.storage import mask_password
 from tests.search.conftest import run_workers
 
 URL_VAR = "VLMC_TEST_POSTGRES_URL"
@@ -90,9 +91,9 @@ def test_two_workers_share_one_study_on_postgres(
     assert 12 <= finished <= 13, finished
     assert sorted(t.number for t in trials) == list(range(len(trials))), "a trial number lost or doubled"
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    references = [t.user_attrs[REFERENCE_ATTR] for t in trials if REFERENCE_ATTR in t.user_attrs]
+    references = [t.user_attrs[REFERENCE] for t in trials if REFERENCE in t.user_attrs]
     assert len(references) == len(set(references)) == 6, references  # each enqueued config run once
-    configs = [str(sorted(t.params.items())) for t in trials if REFERENCE_ATTR in t.user_attrs]
+    configs = [str(sorted(t.params.items())) for t in trials if REFERENCE in t.user_attrs]
     assert len(configs) == len(set(configs))
     password = _password(postgres_url)
     for log in logs:

@@ -15,10 +15,12 @@ import pytest
 from optuna.trial import TrialState
 
 import search.objective
+from ledger.config import load_study_config
+from ledger.records import REFERENCE
+from ledger.rules import FINISHED
+from ledger.storage import open_storage
 from search.run import main
-from search.storage import open_storage
-from search.study import FINISHED, REFERENCE_ATTR, StopAtTarget, enqueue_references
-from search.study_config import load_study_config
+from search.study import StopAtTarget, enqueue_references
 from tests.search.conftest import (
     STUDY,
     WORKER_TIMEOUT,
@@ -101,7 +103,7 @@ def test_killed_worker_resumes_and_retries_its_trial(world, tmp_path):
     assert retries[0].params == trials[killed].params
     assert sum(t.state in FINISHED for t in trials) == 12
     assert study.user_attrs["baseline"] == baseline
-    assert sum(t.user_attrs.get(REFERENCE_ATTR) == "teacher" for t in trials) == 1
+    assert sum(t.user_attrs.get(REFERENCE) == "teacher" for t in trials) == 1
 
 
 def test_two_workers_share_one_study(world, tmp_path):
@@ -120,7 +122,7 @@ def test_two_workers_share_one_study(world, tmp_path):
     assert numbers == list(range(len(trials)))
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     assert not [t.number for t in trials if t.state == TrialState.WAITING]
-    references = [t.user_attrs.get(REFERENCE_ATTR) for t in trials if REFERENCE_ATTR in t.user_attrs]
+    references = [t.user_attrs.get(REFERENCE) for t in trials if REFERENCE in t.user_attrs]
     assert references.count("teacher") == 1
     assert len(references) == len(set(references)) == 6
 
@@ -209,7 +211,7 @@ def test_references_enqueued_half_way_are_completed_once_by_the_next_worker(worl
     assert enqueue_references(study, teacher_cfg, config) == 0 and len(study.trials) == 2
     # ... and one started after the claim went stale completes the set.
     assert enqueue_references(study, teacher_cfg, config, claim_timeout=0.0) == 6
-    names = [t.user_attrs[REFERENCE_ATTR] for t in study.trials]
+    names = [t.user_attrs[REFERENCE] for t in study.trials]
     assert len(names) == len(set(names)) == 6 and study.user_attrs["references_enqueued"]
     assert enqueue_references(study, teacher_cfg, config) == 0 and len(study.trials) == 6
 
@@ -229,7 +231,7 @@ def test_a_failing_trial_does_not_stop_the_study(world, tmp_path, monkeypatch):
 
     trials = load(url).trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert any(t.user_attrs.get(REFERENCE_ATTR) == "global view only" for t in failed)
+    assert any(t.user_attrs.get(REFERENCE) == "global view only" for t in failed)
     for trial in trials:
         if trial.state == TrialState.FAIL:
             assert trial.params["max_grid_side"] == 1

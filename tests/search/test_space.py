@@ -7,9 +7,9 @@ import math
 import optuna
 import pytest
 
+from ledger.config import SpaceSettings
 from search.importance import block_influence, drop_order
 from search.space import PARAMS, suggest_compression
-from search.study_config import SpaceSettings
 from vlm.config import CompressionConfig
 
 SPACE = SpaceSettings(

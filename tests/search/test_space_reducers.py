@@ -7,12 +7,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from ledger.config import SpaceSettings, load_study_config
+from ledger.records import REFERENCE
+from ledger.world import load_split
 from search.references import reference_params
 from search.run import main
 from search.space import PARAMS, REDUCER_PARAMS, suggest_compression
-from search.study import REFERENCE_ATTR
-from search.study_config import SpaceSettings, load_study_config
-from search.world import load_split
 from tests.search.conftest import load, run_args, sqlite_url
 from vlm.compression import plan_student
 from vlm.config import CompressionConfig
@@ -126,7 +126,7 @@ def test_reducer_references_run_in_a_study(world, world_teacher, tmp_path):
     n_refs = len(reference_params(teacher.cfg, config.space))
     assert main(run_args(toml, url, n_refs)) == 0
     study = load(url)
-    by_name = {t.user_attrs.get(REFERENCE_ATTR): t for t in study.trials}
+    by_name = {t.user_attrs.get(REFERENCE): t for t in study.trials}
     norm, score = by_name["norm drop 50%"], by_name["score prune 50%"]
     assert norm.state == score.state == TrialState.COMPLETE
     assert set(norm.params) - set(PARAMS) <= set(REDUCER_PARAMS)

@@ -7,8 +7,8 @@ import threading
 
 import optuna
 
+from ledger.storage import open_storage
 from search.claims import measure_once
-from search.storage import open_storage
 from tests.search.conftest import STUDY, load, run_workers, sqlite_url
 
 
