@@ -114,7 +114,11 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         _v("all kinds, half words half letters", word_fraction=0.5),
         _v("all kinds, letters, lr 1e-3 no warm-up (the wall)", lr=1e-3, warmup=0, min_lr_ratio=1.0),
     ),
-    "kinds": (_v("presence 300 steps, then all kinds, letters", first_kinds=("presence",), first_steps=300),),
+    "kinds": (
+        _v("presence 300 steps, then all kinds, letters", first_kinds=("presence",), first_steps=300),
+        _v("size only, letters", kinds=("size",)),
+        _v("count only, letters", kinds=("count",)),
+    ),
     "shape": (
         _v(
             "8 blocks x 128, half words half letters + drill",
