@@ -186,16 +186,21 @@ class TrialRecord:
 
     @classmethod
     def read(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord | None:
-        """The record of a scored (COMPLETE) trial, None otherwise."""
+        """The record of a scored (COMPLETE) trial, None otherwise; a field an older study lacks is NaN
+        (False for `stopped_early`)."""
         attrs = trial.user_attrs
-        if trial.state != optuna.trial.TrialState.COMPLETE or "gflops" not in attrs:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
             return None
-        fields = {f.name for f in dataclasses.fields(cls)} - {"latency"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"latency", "stopped_early"}
         latency_fields = {f.name for f in dataclasses.fields(LatencyRecord)}
         latency = (
             LatencyRecord(**{k: attrs[k] for k in latency_fields}) if latency_fields <= set(attrs) else None
         )
-        return cls(**{k: attrs.get(k, math.nan) for k in fields}, latency=latency)
+        return cls(
+            **{k: attrs.get(k, math.nan) for k in fields},
+            stopped_early=bool(attrs.get("stopped_early", False)),
+            latency=latency,
+        )
 
 
 def record_config(trial: optuna.Trial, compression: dict) -> None:

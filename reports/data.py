@@ -24,6 +24,7 @@ from ledger.records import (
     LATENCY_OBJECTIVE_NAMES,
     OBJECTIVE_NAMES,
     SEARCH_PARAMS,
+    TrialRecord,
     failure_reason,
     flop_convention,
     is_latency_study,
@@ -182,32 +183,33 @@ def trials_frame(study: optuna.Study, facts: StudyFacts) -> pd.DataFrame:
     params = searched_params(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        done = t.state == TrialState.COMPLETE and t.values is not None
+        record = TrialRecord.read(t)
+        done = record is not None and t.values is not None
         cost, accuracy = (float(t.values[0]), float(t.values[1])) if done else (math.nan, math.nan)
-        # Objective 0 is the cost; in a latency study the GFLOPs are the user attribute "gflops".
-        gflops = float(attrs.get("gflops", math.nan)) if facts.latency_cost and done else cost
+        # Objective 0 is the cost; in a latency study the GFLOPs are the trial record's.
+        gflops = float(record.gflops) if facts.latency_cost and done else cost
+        latency = record.latency if done else None
         row = {
             "number": t.number,
             "state": t.state.name,
             "gflops": gflops,
             "accuracy": accuracy,
             "cost": cost,
-            "latency_ratio": attrs.get("latency_ratio", math.nan),
+            "latency_ratio": latency.latency_ratio if latency else math.nan,
             # The search's own verdict (optuna's trial.constraints, as promote and study.best_trials read
             # it), unless the report was asked for a what-if at another ratio.
             "feasible": (done and facts.threshold - accuracy <= 0) if facts.what_if else is_feasible(t),
             "reference": reference_name(t),
             "config": config_label(t.params),
             "reduction_pct": 100 * (1 - gflops / facts.gflops) if done else math.nan,
-            "ci_low": attrs.get("ci_low", math.nan),
-            "ci_high": attrs.get("ci_high", math.nan),
-            "samples_evaluated": attrs.get("samples_evaluated", math.nan),
-            "stopped_early": bool(attrs.get("stopped_early", False)),
-            "views": attrs.get("views", math.nan),
-            "image_tokens": attrs.get("image_tokens", math.nan),
-            "decoder_layers_kept": _layers_kept(attrs, t.params, depths, "decoder"),
-            "encoder_layers_kept": _layers_kept(attrs, t.params, depths, "encoder"),
+            "ci_low": record.ci_low if done else math.nan,
+            "ci_high": record.ci_high if done else math.nan,
+            "samples_evaluated": record.samples_evaluated if done else math.nan,
+            "stopped_early": record.stopped_early if done else False,
+            "views": record.views if done else math.nan,
+            "image_tokens": record.image_tokens if done else math.nan,
+            "decoder_layers_kept": _layers_kept(record, t.params, depths, "decoder"),
+            "encoder_layers_kept": _layers_kept(record, t.params, depths, "encoder"),
             "reason": failure_reason(t),
         }
         row.update({p: t.params.get(p, math.nan) for p in params})
@@ -239,10 +241,11 @@ _TRIAL_COLUMNS = [
 ]
 
 
-def _layers_kept(attrs: Mapping, params: Mapping, depths: Mapping, tower: str) -> float:
+def _layers_kept(record: TrialRecord | None, params: Mapping, depths: Mapping, tower: str) -> float:
     """The objective's count, else the tower's depth (from the block-importance ranking) minus the drops."""
-    if f"{tower}_layers_kept" in attrs:
-        return attrs[f"{tower}_layers_kept"]
+    kept = getattr(record, f"{tower}_layers_kept", math.nan)
+    if not math.isnan(kept):
+        return kept
     dropped = params.get(f"n_drop_{tower}")
     if tower in depths and dropped is not None:
         return len(depths[tower]) - dropped

@@ -29,12 +29,14 @@ WAIT_POLL_SECONDS = 2.0
 def _describe(trial: optuna.trial.FrozenTrial | None) -> str:
     if trial is None:
         return "none yet"
-    attrs = trial.user_attrs
-    # In a latency study (objective 0 = latency relative to the teacher) the GFLOPs are a user attribute.
-    latency = f", latency {attrs['latency_ratio']:.3g}x the teacher's" if "latency_ratio" in attrs else ""
+    from ledger.records import TrialRecord
+
+    record = TrialRecord.read(trial)
+    # In a latency study (objective 0 = latency relative to the teacher) the GFLOPs are the record's.
+    latency = f", latency {record.latency.latency_ratio:.3g}x the teacher's" if record.latency else ""
     return (
-        f"#{trial.number} {attrs.get('gflops', trial.values[0]):.4g} GFLOPs ({attrs.get('reduction_pct', 0):.1f}% "
-        f"fewer){latency}, acc {trial.values[1]:.3f}"
+        f"#{trial.number} {record.gflops:.4g} GFLOPs ({record.reduction_pct:.1f}% fewer){latency}, "
+        f"acc {trial.values[1]:.3f}"
     )
 
 
