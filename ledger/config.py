@@ -16,7 +16,7 @@ from vlm.cli import UsageError
 from vlm.paths import studies_dir
 
 DEMO = "demo"  # the source/teacher value that means "the offline demo world"
-# A study named <name>-dryrun is a dry run (`python -m search.dryrun`): random teacher, generated data.
+# A study named <name>-dryrun is a dry run (`python -m dryrun.run`): random teacher, generated data.
 DRY_RUN_SUFFIX = "-dryrun"
 TOKEN_REDUCERS = ("none", "norm_drop", "score_prune", "merge")  # choices of [space] reducers
 

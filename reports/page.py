@@ -269,7 +269,7 @@ table.table th { background: #f4f4f4; }
 """
 
 
-# A dry run (`python -m search.dryrun`) has a random-weight teacher and generated questions.
+# A dry run (`python -m dryrun.run`) has a random-weight teacher and generated questions.
 DRY_RUN_BANNER = (
     "<p class='note' style='color:#b00;font-size:1.3em'><b>DRY RUN: the teacher has random weights and the "
     "questions are generated, so every accuracy on this page is meaningless.</b> Only shapes, seconds and "

@@ -2,9 +2,9 @@
 views, pixel shuffle 4 (64 tokens per view) and the real 49,218-token vocabulary, but two blocks per tower.
 
 One trial of every kind of config (the references: teacher, pooling, 3/4 view size, crops off, a resampler,
-norm drop, score pruning; and `search.dryrun.knob_params`: every other view size, dropped decoder and encoder
+norm drop, score pruning; and `dryrun.run.knob_params`: every other view size, dropped decoder and encoder
 blocks, the widest resampler, token merging, the fewest tokens kept by score) goes through the search, then
-promotion, two distillation steps with a checkpoint, the evaluation and the report, by `search.dryrun.dry_run`:
+promotion, two distillation steps with a checkpoint, the evaluation and the report, by `dryrun.run.dry_run`:
 a shape or dtype bug at real sizes fails here, not in a user's GPU hour. A 640x160 image keeps it fast: with
 at most 2 crops per side it makes 2 crops of 512 px plus the global view (3 views of 1,024 patches each).
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dryrun.run import DryRunScale, dry_run, dryrun_tokenizer, knob_params
 from ledger.config import load_study_config
-from search.dryrun import DryRunScale, dry_run, dryrun_tokenizer, knob_params
 from search.references import reference_params
 from vlm.compression import compress
 from vlm.config import BenchSettings, VLMConfig

@@ -1,4 +1,4 @@
-"""`python -m search.dryrun --study aokvqa`: the whole study (search, promote, finalize, report) at the
+"""`python -m dryrun.run --study aokvqa`: the whole study (search, promote, finalize, report) at the
 teacher's real shapes, offline, with budgets scaled down, then what the real study would cost on a GPU.
 
 Every accuracy a dry run prints is MEANINGLESS: the teacher has seeded random weights and the questions are
@@ -47,7 +47,7 @@ from typing import Any
 from vlm.atomic import write_text
 from vlm.cli import make_parser, run
 
-logger = logging.getLogger("search.dryrun")
+logger = logging.getLogger("dryrun.run")
 
 COCO_SIZE = (640, 480)  # width, height: most COCO (and so A-OKVQA) images
 LOUD = "DRY RUN: random teacher weights and generated questions; every accuracy below is MEANINGLESS"
@@ -240,7 +240,7 @@ def _toml_value(value: Any) -> str:
 
 def write_study_toml(config, path: Path) -> Path:
     """The study config as a TOML file `load_study_config` reads back equal (None values are left out)."""
-    lines = [f"# written by python -m search.dryrun: {LOUD}", f"name = {_toml_value(config.name)}"]
+    lines = [f"# written by python -m dryrun.run: {LOUD}", f"name = {_toml_value(config.name)}"]
     for section, values in config.to_dict().items():
         if isinstance(values, dict):
             lines.append(f"\n[{section}]")
@@ -728,7 +728,7 @@ def summary_markdown(record: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
-        "search.dryrun",
+        "dryrun.run",
         "Run the whole study (search, promote, finalize, report) offline at the teacher's real shapes with a "
         "random-weight teacher and generated COCO-sized questions, a few questions/trials/steps only; measure "
         "seconds and memory by stage and estimate the real study's GPU cost. Accuracies are meaningless.",

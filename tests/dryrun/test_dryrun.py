@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import FixedTrial
 
+from dryrun.run import DryRunScale, dryrun_study_config, knob_params, teacher_config, write_study_toml
 from ledger.config import DRY_RUN_SUFFIX, load_study_config
-from search.dryrun import DryRunScale, dryrun_study_config, knob_params, teacher_config, write_study_toml
 from search.space import suggest_compression
 from vlm.compression import plan_student
 from vlm.config import VLMConfig
