@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_study_options(parser)
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: out/reports/<name> under $VLMC_HOME or .)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: out/reports/<name> under $VLMC_HOME or .)",
     )
     parser.add_argument(
         "--png",

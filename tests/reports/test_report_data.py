@@ -12,8 +12,8 @@ from optuna.trial import create_trial
 
 from ledger.rules import is_feasible
 from reports import data
-from vlm.cli import UsageError
 from tests.reports.conftest import DECODER_LAYERS, RATIO, TEACHER_GFLOPS, X, make_study
+from vlm.cli import UsageError
 
 
 @pytest.fixture
