@@ -8,11 +8,11 @@ Where neither works the peak is None.
 
 On the CPU the resident set also holds pages freed earlier but kept by the allocator (a warm-up's retained
 pages made every later stage read its peak). `exact=True` (`[search] exact_stage_memory`, which the dry run
-sets) collects garbage and hands those pages back (malloc_trim) before each stage, as
-`vlm.timing.measure_memory` does, so a stage's peak is its own. That costs a full `gc.collect()` per stage
-(~0.3 s with torch and transformers loaded) and the trimmed pages' faults after it: on every demo trial it
-cost 1.6 s (30 trials of `make demo`'s study on 1 thread: 8.2 s per trial against 6.6 s), so by default a
-stage's CPU peak is only an upper bound (the seconds are exact either way).
+sets) hands those pages back (malloc_trim) before each stage, as `vlm.timing.measure_memory` does, so a
+stage's peak is its own, after collecting garbage before a trial's first stage. A full `gc.collect()` takes
+~0.3 s with torch and transformers loaded: one before every stage of every demo trial, with the trimmed
+pages' faults after it, cost 1.6 s per trial (30 trials of `make demo`'s study on 1 thread: 8.2 s per trial
+against 6.6 s), so by default a stage's CPU peak is only an upper bound (the seconds are exact either way).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def _vm_field(name: str) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def _trim_allocator() -> None:
+def _trim_allocator(collect: bool) -> None:
     """Hand glibc's free pages back to the system: without it the RSS after one large stage (a warm-up)
-    stayed at that stage's peak, and every later stage's peak read the same."""
-    gc.collect()
+    stayed at that stage's peak, and every later stage's peak read the same. `collect`: free unreachable
+    reference cycles first (a full `gc.collect()`, ~0.3 s with torch loaded)."""
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -84,7 +86,9 @@ class StageMeter:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         if self.exact and self.device.type != "cuda":
-            _trim_allocator()
+            # One full collection per meter (per trial): a stage frees its tensors by reference counting,
+            # so the trim alone hands them back; the collection catches cycles left by earlier trials.
+            _trim_allocator(collect=not self.stages)
         before = (
             torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else _vm_field("VmRSS")
         )

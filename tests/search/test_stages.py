@@ -36,7 +36,7 @@ def test_a_stage_peak_is_its_own():
 
 
 @linux
-def test_only_exact_stages_collect_garbage():
+def test_only_an_exact_meter_collects_garbage_once():
     generations = []
 
     def on_gc(phase: str, info: dict) -> None:
@@ -53,14 +53,15 @@ def test_only_exact_stages_collect_garbage():
                 torch.ones(1000)
         after_cheap = list(generations)
         exact = StageMeter(torch.device("cpu"), exact=True)
-        with exact.stage("build"):
-            torch.ones(1000)
+        for name in ("build", "score"):
+            with exact.stage(name):
+                torch.ones(1000)
     finally:
         gc.callbacks.remove(on_gc)
         if enabled:
             gc.enable()
     assert after_cheap == []
-    assert generations == [2]  # one full collection, before the exact stage
+    assert generations == [2]  # one full collection, before the exact meter's first stage
     for record in cheap.as_dict().values():  # a cheap stage still has its seconds and an upper-bound peak
         assert record["seconds"] >= 0 and record["peak_bytes"] >= record["before_bytes"] > 0
 
