@@ -556,10 +556,11 @@ def dry_run(
     image_size: tuple[int, int] = COCO_SIZE,
     speed_settings=None,
     from_finalize: bool = False,
+    skip_knobs: tuple[str, ...] = (),
 ) -> dict:
     """Build the world, run every stage of the study, measure them, and return (and write) the record.
     `from_finalize`: keep the previous dry run's search (its study and record) and run finalize and the report
-    again."""
+    again. `skip_knobs`: names of `knob_params` trials not to run (a test leaves out kinds a reference runs)."""
     import optuna
     import torch
 
@@ -615,7 +616,7 @@ def dry_run(
         rc = before["search_exit_code"]
     else:
         study = open_study(config)
-        knobs = knob_params(teacher_cfg, config.space)
+        knobs = {k: v for k, v in knob_params(teacher_cfg, config.space).items() if k not in skip_knobs}
         for name, params in knobs.items():
             study.enqueue_trial(params, user_attrs={"dryrun_knob": name}, skip_if_exists=True)
         from search.references import reference_params

@@ -8,11 +8,14 @@ weights over (position embeddings interpolated when the view size changes; a res
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
 
 from vlm.config import CompressionConfig, ConnectorConfig
 from vlm.model import VisionLanguageModel
@@ -45,8 +48,16 @@ def compress(teacher: VisionLanguageModel, compression: CompressionConfig) -> Vi
         )
     plan = plan_student(teacher.cfg, compression)
     param = next(teacher.parameters())
-    with torch.device(param.device):
+    # Without fresh weights every weight comes from the teacher: skip the random initialisation the copy
+    # overwrites (at nanoVLM's widths most of a student's build). With them, initialise as always, so a
+    # resampler or scorer draws the same random numbers from the same seed (a search replays exactly).
+    skip_init = no_init_weights() if not compression.has_fresh_weights else contextlib.nullcontext()
+    with torch.device(param.device), skip_init:
         student = VisionLanguageModel(plan.cfg, teacher.image_token_id, plan.connector)
+    if not compression.has_fresh_weights:
+        for module in student.modules():  # the tying `init_weights` does after initialising (skipped with it)
+            if isinstance(module, PreTrainedModel):
+                module.tie_weights()
     student.to(dtype=param.dtype)
     enc_map = {old: new for new, old in enumerate(plan.kept_encoder_layers)}
     dec_map = {old: new for new, old in enumerate(plan.kept_decoder_layers)}
@@ -65,7 +76,7 @@ def compress(teacher: VisionLanguageModel, compression: CompressionConfig) -> Vi
             tensor = _interpolate_positions(tensor, plan.cfg.vit_img_size // plan.cfg.vit_patch_size)
         elif key.endswith("embeddings.position_ids"):
             continue
-        state[key] = tensor.detach().clone()
+        state[key] = tensor  # load_state_dict copies it into the student's own tensor
     missing, unexpected = student.load_state_dict(state, strict=False)
     allowed_missing = {k for k in targets if k.startswith("connector.") and plan.connector.resampler_width}
     allowed_missing |= {k for k in targets if k.startswith("token_selector.")}  # a scorer starts fresh
