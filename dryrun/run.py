@@ -135,7 +135,7 @@ def generate_dataset(out_dir: Path, sizes: dict[str, int], seed: int, image_size
     from PIL import Image
 
     from vlm.atomic import atomic_dir
-    from vlm.demo.dataset import FEATURES, SPLITS, _png_bytes, iter_examples
+    from vlm.demo.dataset import FEATURES, SPLITS, add_row, iter_examples
     from vlm.demo.scenes import render_scene
 
     splits = {}
@@ -143,14 +143,7 @@ def generate_dataset(out_dir: Path, sizes: dict[str, int], seed: int, image_size
         rows: dict[str, list] = {name: [] for name in FEATURES}
         for index, (scene, question) in enumerate(iter_examples(seed, split, size)):
             image = render_scene(scene).resize(image_size, Image.BICUBIC)
-            rows["question_id"].append(f"dryrun_{SPLITS[split]}_{index:06d}")
-            rows["image"].append({"bytes": _png_bytes(image), "path": None})
-            rows["question"].append(question.question)
-            rows["choices"].append(question.choices)
-            rows["correct_choice_idx"].append(question.correct_choice_idx)
-            rows["direct_answers"].append(question.direct_answers)
-            rows["difficult_direct_answer"].append(question.difficult_direct_answer)
-            rows["rationales"].append(question.rationales)
+            add_row(rows, f"dryrun_{SPLITS[split]}_{index:06d}", image, question)
         splits[split] = datasets.Dataset.from_dict(rows, features=FEATURES, split=split)
     with atomic_dir(out_dir) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))

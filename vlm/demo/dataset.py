@@ -104,6 +104,18 @@ def iter_examples(seed: int, split: str, size: int) -> Iterator[tuple[Scene, Que
             raise RuntimeError(f"no scene supported {plan} in {MAX_SCENES_PER_QUESTION} draws")
 
 
+def add_row(columns: dict[str, list], question_id: str, image, question) -> None:
+    """Append one question in A-OKVQA's schema (the image as PNG bytes) to `columns` (one list per feature)."""
+    columns["question_id"].append(question_id)
+    columns["image"].append({"bytes": _png_bytes(image), "path": None})
+    columns["question"].append(question.question)
+    columns["choices"].append(question.choices)
+    columns["correct_choice_idx"].append(question.correct_choice_idx)
+    columns["direct_answers"].append(question.direct_answers)
+    columns["difficult_direct_answer"].append(question.difficult_direct_answer)
+    columns["rationales"].append(question.rationales)
+
+
 def generate_split(seed: int, split: str, size: int) -> datasets.Dataset:
     """One split of ``size`` examples in A-OKVQA's schema, images stored as PNG bytes."""
     if split not in SPLITS:
@@ -111,14 +123,7 @@ def generate_split(seed: int, split: str, size: int) -> datasets.Dataset:
     columns: dict[str, list] = {name: [] for name in FEATURES}
     examples = iter_examples(seed, split, size)
     for index, (scene, question) in enumerate(tqdm(examples, total=size, desc=f"demo {split}", leave=False)):
-        columns["question_id"].append(f"demo_{SPLITS[split]}_{index:06d}")
-        columns["image"].append({"bytes": _png_bytes(render_scene(scene)), "path": None})
-        columns["question"].append(question.question)
-        columns["choices"].append(question.choices)
-        columns["correct_choice_idx"].append(question.correct_choice_idx)
-        columns["direct_answers"].append(question.direct_answers)
-        columns["difficult_direct_answer"].append(question.difficult_direct_answer)
-        columns["rationales"].append(question.rationales)
+        add_row(columns, f"demo_{SPLITS[split]}_{index:06d}", render_scene(scene), question)
     return datasets.Dataset.from_dict(columns, features=FEATURES, split=split)
 
 
