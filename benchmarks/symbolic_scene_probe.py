@@ -126,6 +126,14 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         _v("presence 300 steps, then all kinds, letters", first_kinds=("presence",), first_steps=300),
         _v("size only, letters", kinds=("size",)),
         _v("count only, letters", kinds=("count",)),
+        _v(
+            "presence 300 steps, then all kinds, 6 blocks x 128",
+            first_kinds=("presence",),
+            first_steps=300,
+            layers=6,
+            width=128,
+            inter=352,
+        ),
     ),
     "shape": (
         _v(
