@@ -17,39 +17,15 @@ against 6.6 s), so by default a stage's CPU peak is only an upper bound (the sec
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def _vm_field(name: str) -> int | None:
-    """A memory field of /proc/self/status in bytes (Linux), else None."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _trim_allocator(collect: bool) -> None:
-    """Hand glibc's free pages back to the system: without it the RSS after one large stage (a warm-up)
-    stayed at that stage's peak, and every later stage's peak read the same. `collect`: free unreachable
-    reference cycles first (a full `gc.collect()`, ~0.3 s with torch loaded)."""
-    if collect:
-        gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+from vlm.process_memory import reset_peak, status_bytes, trim_allocator
 
 
 def _reset_peak(device: torch.device) -> bool:
@@ -57,18 +33,14 @@ def _reset_peak(device: torch.device) -> bool:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
+    return reset_peak()
 
 
 def _peak(device: torch.device) -> int | None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
-    return _vm_field("VmHWM")
+    return status_bytes("VmHWM")
 
 
 class StageMeter:
@@ -88,9 +60,9 @@ class StageMeter:
         if self.exact and self.device.type != "cuda":
             # One full collection per meter (per trial): a stage frees its tensors by reference counting,
             # so the trim alone hands them back; the collection catches cycles left by earlier trials.
-            _trim_allocator(collect=not self.stages)
+            trim_allocator(collect=not self.stages)
         before = (
-            torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else _vm_field("VmRSS")
+            torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else status_bytes("VmRSS")
         )
         can_peak = _reset_peak(self.device)
         start = time.perf_counter()
@@ -123,7 +95,7 @@ class MemoryPoller:
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> None:
-        rss = _vm_field("VmRSS")
+        rss = status_bytes("VmRSS")
         if rss is not None:
             self.peak_rss = max(self.peak_rss or 0, rss)
         if self.device.type == "cuda":

@@ -36,9 +36,7 @@ Such a random model takes the word tokenizer's image-token id.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import logging
 import os
 import platform
@@ -57,6 +55,7 @@ from vlm.config import BenchSettings, CompressionConfig, VLMConfig
 from vlm.data import VQAExample
 from vlm.flops import CONVENTION, analytic_flops, count_question
 from vlm.model import ConnectorConfig, VisionLanguageModel
+from vlm.process_memory import reset_peak, status_bytes, trim_allocator
 from vlm.processing import Encoded, collate, da_user_text, encode_example, mcq_user_text
 
 logger = logging.getLogger(__name__)
@@ -253,24 +252,6 @@ def time_calls(
     return samples
 
 
-def _proc_status(field: str) -> int | None:
-    """A memory field of /proc/self/status in bytes (Linux only)."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _trim_allocator() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand glibc's free pages back, so RSS starts low
-    except (OSError, AttributeError):
-        pass
-
-
 CPU_MEMORY_METHOD = (
     "peak RSS (VmHWM) during one pass after resetting it with /proc/self/clear_refs = 5 and malloc_trim; "
     "includes weights and runtime"
@@ -294,14 +275,12 @@ def measure_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any
                 "before_bytes": before,
                 "rise_bytes": peak - before,
             }
-        _trim_allocator()
-        before = _proc_status("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
+        trim_allocator()
+        before = status_bytes("VmRSS")
+        if not reset_peak():
             return {"method": "unavailable (no writable /proc/self/clear_refs)", "peak_bytes": None}
         fn()
-        peak = _proc_status("VmHWM")
+        peak = status_bytes("VmHWM")
     return {
         "method": CPU_MEMORY_METHOD,
         "peak_bytes": peak,
