@@ -85,6 +85,9 @@ class ProbeSetting:
     grad_clip: float = 1.0
     batch_size: int = 64
     seed: int = 0
+    kind_weights: tuple[float, ...] = ()  # sampling weight of each of ``kinds`` (default: equal)
+    eval_kinds: tuple[str, ...] = ()  # kinds scored on the validation questions (default: ``kinds``)
+    init_from: str = ""  # a state file written by ``--save`` to start from instead of random weights
 
     def __post_init__(self) -> None:
         if self.scene_input not in ("text", "oracle", "none"):
@@ -100,6 +103,10 @@ class ProbeSetting:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.turns < 1:
             raise ValueError(f"turns must be >= 1, got {self.turns}")
+        if self.kind_weights and (len(self.kind_weights) != len(self.kinds) or min(self.kind_weights) <= 0):
+            raise ValueError(f"kind_weights must give one positive weight per kind of {self.kinds}")
+        if set(self.eval_kinds) - set(KINDS):
+            raise ValueError(f"eval_kinds must be a subset of {KINDS}, got {self.eval_kinds}")
         if self.width % self.heads or self.heads % self.kv_heads:
             raise ValueError(
                 f"width {self.width}, heads {self.heads}, kv_heads {self.kv_heads} do not divide"
@@ -112,6 +119,8 @@ _BASE = ProbeSetting(name="base")
 def _v(name: str, **changes) -> ProbeSetting:
     return dataclasses.replace(_BASE, name=name, **changes)
 
+
+_BASE_STATE = "out/probe/kinds_0.pt"  # `--grid kinds --only 0 --steps 1000 --save out/probe`
 
 # Ordered by expected value per CPU second: a sanity check first, then the fixes most likely to matter.
 GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
@@ -179,6 +188,36 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         ),
         _v("oracle vision, half words half letters", scene_input="oracle", word_fraction=0.5),
         _v("no scene (text-only floor)", scene_input="none", word_fraction=0.5),
+    ),
+    # Does a kind that stayed at chance in the five-kind mix learn alone (from scratch), or once the
+    # letter mapping exists (from the presence-first curriculum's state after 1,000 steps: run
+    # `--grid kinds --only 0 --steps 1000 --save out/probe` first)?
+    "wall": (
+        _v("size only, letters, from scratch", kinds=("size",)),
+        _v("spatial only, letters, from scratch", kinds=("spatial",)),
+        _v(
+            "size only, from the presence-first state",
+            kinds=("size",),
+            eval_kinds=KINDS,
+            init_from=_BASE_STATE,
+        ),
+        _v(
+            "spatial only, from the presence-first state",
+            kinds=("spatial",),
+            eval_kinds=KINDS,
+            init_from=_BASE_STATE,
+        ),
+        _v(
+            "count only, from the presence-first state",
+            kinds=("count",),
+            eval_kinds=KINDS,
+            init_from=_BASE_STATE,
+        ),
+        _v(
+            "all kinds, count/size/spatial weighted 2/3/3, from the presence-first state",
+            kind_weights=(1, 2, 3, 1, 3),
+            init_from=_BASE_STATE,
+        ),
     ),
     "tiny": (  # for tests: a few steps of a tiny model
         _v("tiny text", layers=1, width=32, inter=64, heads=2, kv_heads=1, batch_size=4, warmup=1),
@@ -322,13 +361,15 @@ class World:
         return prompt + answer, labels, oracle
 
 
-def training_stream(seed: int, kinds: tuple[str, ...]):
-    """Endless (scene, question) pairs with balanced answers, from a seed stream no split uses."""
+def training_stream(seed: int, kinds: tuple[str, ...], weights: tuple[float, ...] = ()):
+    """Endless (scene, question) pairs with balanced answers, from a seed stream no split uses; the kind
+    of each question is drawn with ``weights`` (equal by default)."""
     from vlm.demo.scenes import draw_plan, make_question, sample_scene
 
     rng = random.Random(f"symbolic-probe/{seed}")
     while True:
-        plan = draw_plan(rng, rng.choice(kinds))
+        kind = rng.choices(kinds, weights)[0] if weights else rng.choice(kinds)
+        plan = draw_plan(rng, kind)
         while True:
             scene = sample_scene(rng)
             question = make_question(scene, rng, plan=plan)
@@ -393,7 +434,26 @@ def build_model(setting: ProbeSetting, world: World):
     oracle = None
     if setting.scene_input == "oracle":
         oracle = OracleVision(setting.width, world)
+    if setting.init_from:
+        path = Path(setting.init_from)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no probe state to start from; write one with --save first")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        if oracle is not None:
+            oracle.load_state_dict(state["oracle"])
     return model, oracle
+
+
+def save_state(path: Path, model, oracle_module) -> None:
+    """The probe model (and oracle embeddings) for a later variant's ``init_from``."""
+    import torch
+
+    state = {"model": model.state_dict()}
+    if oracle_module is not None:
+        state["oracle"] = oracle_module.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
 
 
 def _oracle_module(width: int, views: int, tokens: int):
@@ -537,9 +597,15 @@ def _word_hits(model, oracle_module, world: World, setting: ProbeSetting, chunk)
 
 
 def run_setting(
-    setting: ProbeSetting, steps: int, eval_every: int, eval_questions: int, world: World | None = None
+    setting: ProbeSetting,
+    steps: int,
+    eval_every: int,
+    eval_questions: int,
+    world: World | None = None,
+    save_to: Path | None = None,
 ) -> dict:
-    """Train one variant from scratch for ``steps``; evaluate every ``eval_every`` steps (and at the end)."""
+    """Train one variant (from scratch or ``init_from``) for ``steps``; evaluate every ``eval_every``
+    steps (and at the end); write its final state to ``save_to`` when given."""
     import torch
     import torch.nn.functional as F
 
@@ -556,10 +622,10 @@ def run_setting(
         lr=setting.lr,
         betas=(0.9, 0.98),
     )
-    pairs = held_out(eval_questions, setting.kinds)
+    pairs = held_out(eval_questions, setting.eval_kinds or setting.kinds)
     streams = {
         False: (
-            training_stream(setting.seed, setting.kinds),
+            training_stream(setting.seed, setting.kinds, setting.kind_weights),
             session_stream(setting.seed, setting.kinds, setting.turns),
         ),
         True: (
@@ -626,6 +692,9 @@ def run_setting(
                 ),
                 point["seconds"],
             )
+    if save_to is not None:
+        save_state(save_to, model, oracle_module)
+        logger.info("saved %s", save_to)
     return {"setting": dataclasses.asdict(setting), "steps": steps, "curve": curve}
 
 
@@ -675,6 +744,12 @@ def _parser():
         help="JSON results (default benchmarks/results/symbolic_probe_<grid>.json)",
     )
     parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="folder for each variant's final state (<grid>_<index>.pt), for a later variant's init_from",
+    )
+    parser.add_argument(
         "--summarize",
         type=Path,
         nargs="+",
@@ -699,14 +774,17 @@ def _main(args) -> None:
     if args.steps < 1 or args.eval_every < 1 or args.eval_questions < 5:
         raise UsageError("--steps and --eval-every must be >= 1 and --eval-questions >= 5")
     grid = GRIDS[args.grid]
-    chosen = [grid[i] for i in args.only] if args.only else list(grid)
+    indices = args.only if args.only else list(range(len(grid)))
     torch.set_num_threads(args.threads)
     out = args.out or Path(f"benchmarks/results/symbolic_probe_{args.grid}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     world = World()
     results = []
-    for setting in chosen:
-        results.append(run_setting(setting, args.steps, args.eval_every, args.eval_questions, world))
+    for index in indices:
+        save_to = args.save / f"{args.grid}_{index}.pt" if args.save else None
+        results.append(
+            run_setting(grid[index], args.steps, args.eval_every, args.eval_questions, world, save_to)
+        )
         out.write_text(json.dumps(results, indent=2) + "\n")
         logger.info("wrote %s", out)
 

@@ -113,3 +113,36 @@ def test_sessions_put_the_scene_in_the_first_turn_only(world):
     assert sum(t == world.image_token for t in ids) == classes.numel()  # one image for all turns
     answers = [t for t in labels if t in world.letters]
     assert len(answers) == 2 * len(questions)  # each turn: one flagged option and the answer letter
+
+
+def test_kind_weights_steer_which_questions_are_asked():
+    weighted = itertools.islice(training_stream(0, ("presence", "size"), (1.0, 50.0)), 60)
+    kinds = [question.kind for _, question in weighted]
+    assert kinds.count("size") > 50  # ~98% expected; equal weights give ~30 of 60
+    with pytest.raises(ValueError, match="kind_weights"):
+        ProbeSetting(name="x", kinds=("presence", "size"), kind_weights=(1.0,))
+    with pytest.raises(ValueError, match="eval_kinds"):
+        ProbeSetting(name="x", eval_kinds=("colour",))
+
+
+def test_a_saved_state_starts_the_next_variant(world, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from benchmarks.symbolic_scene_probe import build_model
+
+    tiny = GRIDS["tiny"][0]
+    state = tmp_path / "tiny.pt"
+    run_setting(tiny, steps=1, eval_every=1, eval_questions=5, world=world, save_to=state)
+    trained = torch.load(state, weights_only=True)["model"]
+    fresh, _ = build_model(tiny, world)
+    assert any(not torch.equal(trained[k], v) for k, v in fresh.state_dict().items())
+    resumed, _ = build_model(dataclasses.replace(tiny, init_from=str(state)), world)
+    assert all(torch.equal(trained[k], v) for k, v in resumed.state_dict().items())
+    # A later variant scored on every kind while it trains on one.
+    one_kind = dataclasses.replace(tiny, kinds=("size",), eval_kinds=KINDS, init_from=str(state))
+    result = run_setting(one_kind, steps=1, eval_every=1, eval_questions=10, world=world)
+    assert len(result["curve"][-1]["per_kind"]) > 1
+    with pytest.raises(FileNotFoundError, match="--save"):
+        build_model(dataclasses.replace(tiny, init_from=str(tmp_path / "missing.pt")), world)
