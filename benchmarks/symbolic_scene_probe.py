@@ -188,6 +188,14 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
         ),
         _v("oracle vision, half words half letters", scene_input="oracle", word_fraction=0.5),
         _v("no scene (text-only floor)", scene_input="none", word_fraction=0.5),
+        _v(
+            "oracle vision, 8 turns, presence 300 steps, then all kinds, letters, lr 1e-3",
+            scene_input="oracle",
+            turns=8,
+            first_kinds=("presence",),
+            first_steps=300,
+            lr=1e-3,
+        ),
     ),
     # Does a kind that stayed at chance in the five-kind mix learn alone (from scratch), or once the
     # letter mapping exists (from the presence-first curriculum's state after 1,000 steps: run
@@ -217,6 +225,31 @@ GRIDS: dict[str, tuple[ProbeSetting, ...]] = {
             "all kinds, count/size/spatial weighted 2/3/3, from the presence-first state",
             kind_weights=(1, 2, 3, 1, 3),
             init_from=_BASE_STATE,
+        ),
+    ),
+    # How fast can the decoder learn? The presence-first curriculum at other learning rates, batch sizes
+    # and widths (compare at equal questions seen, not equal steps, for the batch variant).
+    "speed": (
+        _v("presence first, lr 1e-3 with warm-up", first_kinds=("presence",), first_steps=300, lr=1e-3),
+        _v(
+            "presence first, batch 32 (lr 3e-4)",
+            first_kinds=("presence",),
+            first_steps=600,
+            batch_size=32,
+        ),
+        _v(
+            "presence first, 4 blocks x 256",
+            first_kinds=("presence",),
+            first_steps=300,
+            width=256,
+            inter=704,
+        ),
+        _v(
+            "presence first, lr 1e-3, count/size/spatial weighted 2/3/3",
+            first_kinds=("presence",),
+            first_steps=300,
+            lr=1e-3,
+            kind_weights=(1, 2, 3, 1, 3),
         ),
     ),
     "tiny": (  # for tests: a few steps of a tiny model

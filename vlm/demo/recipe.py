@@ -6,7 +6,15 @@ show the defaults at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def _check_kinds(name: str, kinds: tuple[str, ...]) -> None:
+    from vlm.demo.scenes import QUESTION_KINDS
+
+    unknown = set(kinds) - set(QUESTION_KINDS)
+    if unknown:
+        raise ValueError(f"{name}: unknown question kinds {sorted(unknown)}; choose from {QUESTION_KINDS}")
 
 
 @dataclass(frozen=True)
@@ -17,10 +25,12 @@ class SessionMix:
     mcq_fraction: float = 0.6  # dataset questions asked as MCQs; the rest as direct answers
     caption_fraction: float = 0.5  # sessions whose first turn is the caption (`caption_question`)
     location_fraction: float = 0.15  # turns asking "Where is the X?" (`location_question`)
+    kinds: tuple[str, ...] = ()  # dataset question kinds to ask (empty: all, drawn as the dataset does)
 
     def __post_init__(self) -> None:
         if self.turns < 1:
             raise ValueError(f"turns must be >= 1, got {self.turns}")
+        _check_kinds("kinds", self.kinds)
         for name in ("mcq_fraction", "caption_fraction", "location_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -36,7 +46,11 @@ class TeacherTrainConfig:
     letter_batch_size: int = 32
     vqa_steps: int = 700  # stage 3: multi-turn VQA sessions, MCQ and direct answers mixed
     batch_size: int = 16  # sessions (images) per VQA step
-    session: SessionMix = SessionMix()  # what each session asks: turns, MCQ share, captions, locations
+    session: SessionMix = field(default_factory=SessionMix)  # turns, MCQ share, captions, locations
+    # Kind curriculum: the first `first_steps` VQA steps ask dataset questions of `first_kinds` only
+    # (presence first taught the text-scene probe's decoder the MCQ letter: docs/symbolic_scene_probe.md).
+    first_kinds: tuple[str, ...] = ()
+    first_steps: int = 0
     lr: float = 4e-4  # decoder stages; 1.5e-3 kept a 96-wide decoder from ever learning the letter mapping
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -44,3 +58,12 @@ class TeacherTrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 100
+
+    def __post_init__(self) -> None:
+        _check_kinds("first_kinds", self.first_kinds)
+        if (self.first_steps > 0) != bool(self.first_kinds):
+            raise ValueError("give first_kinds exactly when first_steps > 0 (the kind curriculum)")
+        if not 0 <= self.first_steps <= self.vqa_steps:
+            raise ValueError(
+                f"first_steps must be in [0, vqa_steps={self.vqa_steps}], got {self.first_steps}"
+            )

@@ -166,7 +166,8 @@ def session_question(scene: Scene, rng: random.Random, mix: SessionMix, first: b
         return caption_question(scene)
     if rng.random() < mix.location_fraction:
         return location_question(scene, rng)
-    plan = draw_plan(rng)
+    # Draw a kind only when the mix narrows them, so the default stream matches the shipped teacher's.
+    plan = draw_plan(rng, rng.choice(mix.kinds) if mix.kinds else None)
     if plan.kind == "count":
         plan = balanced_count_plan(scene, rng, plan)
     return make_question(scene, rng, plan=plan)

@@ -23,7 +23,8 @@ from vlm.config import VLMConfig
 from vlm.demo.recipe import TeacherTrainConfig
 from vlm.demo.scenes import demo_vocabulary
 from vlm.demo.sessions import letter_mapping_prompt, vqa_session
-from vlm.demo.vision_pretrain import pretrain_vision
+from vlm.demo.training_state import TrainingState
+from vlm.demo.vision_pretrain import VISION_STAGE, pretrain_vision
 from vlm.model import VisionLanguageModel
 from vlm.supervised import collate_sequences, sequence_loss
 from vlm.tokenizer import build_word_tokenizer, special_token_ids
@@ -90,8 +91,12 @@ def _decoder_stage(
     make_batch,
     config: TeacherTrainConfig,
     pad_id: int,
+    rng: random.Random,
+    state: TrainingState,
 ) -> float:
-    """Train the whole model for `steps` on batches from `make_batch()`; returns the running loss."""
+    """Train the whole model for `steps` on batches from `make_batch(step)`, which draws from `rng`;
+    `state` saves every few steps and resumes a stopped stage. Returns the running loss."""
+    device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
     optimizer = torch.optim.AdamW(
@@ -103,13 +108,15 @@ def _decoder_stage(
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, config.warmup_steps, steps, min_lr_rate=config.min_lr_ratio
     )
+    resumable = {"optimizer": optimizer, "scheduler": scheduler}
+    first = state.start(name, resumable, rng)
     model.train()
     running = float("nan")
     start = time.time()
-    progress = tqdm(range(steps), desc=name)
+    progress = tqdm(range(first, steps), desc=name, initial=first, total=steps)
     for step in progress:
-        batch = collate_sequences(make_batch(), pad_id)
-        loss = sequence_loss(model, batch)
+        batch = collate_sequences(make_batch(step), pad_id)
+        loss = sequence_loss(model, batch, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; lower the lr")
         optimizer.zero_grad(set_to_none=True)
@@ -117,25 +124,41 @@ def _decoder_stage(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
-        running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
+        running = loss.item() if step == first else 0.95 * running + 0.05 * loss.item()
         progress.set_postfix(loss=f"{running:.3f}")
         if (step + 1) % config.log_every == 0:
             logger.info(
                 "%s step %d/%d loss %.4f (%.0fs)", name, step + 1, steps, running, time.time() - start
             )
+        state.step_done(name, step + 1, model, resumable, rng)
     model.eval()
+    state.finish(name, model, running, rng)
     return running
 
 
+LETTER_STAGE = "letter mapping"
+VQA_STAGE = "vqa sessions"
+
+
 def train_teacher(
-    config: TeacherTrainConfig, out_dir: Path | None = None
+    config: TeacherTrainConfig,
+    out_dir: Path | None = None,
+    *,
+    device: str = "cpu",
+    work_dir: Path | None = None,
+    checkpoint_every: int = 100,
 ) -> tuple[VisionLanguageModel, object]:
-    """Train the demo teacher from scratch; save it (nanoVLM layout + tokenizer) if `out_dir`.
+    """Train the demo teacher from scratch on `device`; save it (nanoVLM layout + tokenizer) if `out_dir`.
 
     End-to-end VQA training from scratch sat at chance for thousands of steps, so the skills are taught in
     the order a pre-trained VLM gets them: the ViT learns what is where (stage 1), the decoder learns the
-    multiple-choice answer format on text (stage 2), then both learn VQA together (stage 3). Every stage
-    draws fresh scenes from the generator with its own seed stream, never the dataset's splits.
+    multiple-choice answer format on text (stage 2), then both learn VQA together (stage 3), optionally
+    on a few question kinds first (`first_kinds`). Every stage draws fresh scenes from the generator with
+    its own seed stream, never the dataset's splits.
+
+    With `work_dir`, the run is saved there every `checkpoint_every` steps and at each stage's end, and a
+    run started again with the same recipe continues where the last one stopped (`TrainingState`). The
+    returned model is on the CPU.
     """
     torch.manual_seed(config.seed)
     tokenizer = build_demo_tokenizer()
@@ -143,36 +166,56 @@ def train_teacher(
     model = VisionLanguageModel(cfg, special_token_ids(tokenizer, cfg)["image_token"])
     init_for_scratch_training(model)
     logger.info("demo teacher: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    state = TrainingState(work_dir, dataclasses.asdict(config), checkpoint_every, device)
+    state.restore_model(model)
+    model.to(device)
     pad_id = tokenizer.pad_token_id
     vision = {}
     if config.vision_steps:
-        vision = pretrain_vision(model, config.vision_steps, lr=config.vision_lr, seed=config.seed)
+        if state.is_done(VISION_STAGE):
+            vision = state.skip(VISION_STAGE)
+        else:
+            vision = pretrain_vision(
+                model, config.vision_steps, lr=config.vision_lr, seed=config.seed, state=state
+            )
     rng = random.Random(f"teacher/{config.seed}")
     if config.letter_steps:
-        _decoder_stage(
-            model,
-            "letter mapping",
-            config.letter_steps,
-            lambda: [letter_mapping_prompt(rng, tokenizer) for _ in range(config.letter_batch_size)],
-            config,
-            pad_id,
-        )
+        if state.is_done(LETTER_STAGE):
+            state.skip(LETTER_STAGE, rng)
+        else:
+            _decoder_stage(
+                model,
+                LETTER_STAGE,
+                config.letter_steps,
+                lambda step: [letter_mapping_prompt(rng, tokenizer) for _ in range(config.letter_batch_size)],
+                config,
+                pad_id,
+                rng,
+                state,
+            )
     spec = model.image_spec
-    _decoder_stage(
-        model,
-        "vqa sessions",
-        config.vqa_steps,
-        lambda: [vqa_session(rng, tokenizer, cfg, spec, config.session) for _ in range(config.batch_size)],
-        config,
-        pad_id,
-    )
+    first_mix = dataclasses.replace(config.session, kinds=config.first_kinds)
+
+    def vqa_batch(step: int):
+        mix = first_mix if step < config.first_steps else config.session
+        return [vqa_session(rng, tokenizer, cfg, spec, mix) for _ in range(config.batch_size)]
+
+    if not state.is_done(VQA_STAGE):
+        _decoder_stage(model, VQA_STAGE, config.vqa_steps, vqa_batch, config, pad_id, rng, state)
+    model.to("cpu")
+    logger.info("demo teacher trained in %.1f min in all (saved runs included)", state.seconds / 60)
     if out_dir is not None:
         # float16 halves the shipped file (~4 MB instead of ~8); callers should evaluate the reloaded copy.
         save_pretrained(
             model,
             out_dir,
             tokenizer=tokenizer,
-            extras={"demo_teacher_training": dataclasses.asdict(config), "vision_pretraining": vision},
+            extras={
+                "demo_teacher_training": dataclasses.asdict(config),
+                "vision_pretraining": vision,
+                "train_minutes": round(state.seconds / 60, 2),
+                "device": device,
+            },
             weights_dtype=torch.float16,
         )
     return model, tokenizer

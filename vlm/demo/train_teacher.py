@@ -3,6 +3,10 @@
 Trains on freshly generated scenes (see `vlm.demo.teacher.train_teacher`), saves in nanoVLM's layout with
 its tokenizer, then prints validation MCQ accuracy with real and with blanked images (the blank score
 shows the questions need the image) and writes it next to the checkpoint.
+
+Long runs are safe to stop: the run is saved in ``--work-dir`` every ``--checkpoint-every`` steps, and the
+same command started again continues from there (``--fresh`` starts over). ``--device cuda`` trains on a
+GPU; the weights saved are the same format either way.
 """
 
 from __future__ import annotations
@@ -12,10 +16,9 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
-from vlm.cli import make_parser, run
+from vlm.cli import UsageError, make_parser, run
 from vlm.demo.recipe import TeacherTrainConfig
 
 logger = logging.getLogger(__name__)
@@ -52,38 +55,90 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=None, help="checkpoint folder to write (default: the shipped teacher's)"
     )
+    parser.add_argument(
+        "--first-kinds",
+        nargs="+",
+        default=list(defaults.first_kinds),
+        metavar="KIND",
+        help="kind curriculum: the first --first-steps VQA steps ask only these question kinds",
+    )
+    parser.add_argument(
+        "--first-steps", type=int, default=defaults.first_steps, help="VQA steps of the kind curriculum"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where the run is saved while it trains and resumed from (default: .cache/teacher-training/)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between saves of the running stage"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard a saved run in --work-dir and start over"
+    )
     return parser
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine lacks, before minutes of training are spent on the way to it."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise UsageError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: the demo teacher trains on cpu or cuda")
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
     from vlm.atomic import write_json
-    from vlm.checkpoint import load_pretrained
+    from vlm.checkpoint import EXTRAS_FILE, load_pretrained
     from vlm.data import DataConfig, load_examples
     from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset
     from vlm.demo.teacher import SHIPPED_TEACHER, train_teacher
+    from vlm.demo.training_state import STATE_FILE
     from vlm.evaluate import EvalConfig, evaluate_mcq
     from vlm.paths import cache_dir
 
+    check_device(args.device)
+    if args.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or SHIPPED_TEACHER
+    work_dir = args.work_dir or cache_dir() / "teacher-training"
+    if args.fresh and (work_dir / STATE_FILE).exists():
+        (work_dir / STATE_FILE).unlink()
+        logger.info("--fresh: removed the saved run in %s", work_dir)
     data_dir = ensure_demo_dataset(DemoDataConfig(), cache_dir())
     val, _ = load_examples(DataConfig(source=str(data_dir), split="validation"))
-    config = dataclasses.replace(
-        TeacherTrainConfig(),
-        vision_steps=args.vision_steps,
-        letter_steps=args.letter_steps,
-        vqa_steps=args.vqa_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
+    try:
+        config = dataclasses.replace(
+            TeacherTrainConfig(),
+            vision_steps=args.vision_steps,
+            letter_steps=args.letter_steps,
+            vqa_steps=args.vqa_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            first_kinds=tuple(args.first_kinds),
+            first_steps=args.first_steps,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    _, tokenizer = train_teacher(
+        config, out, device=args.device, work_dir=work_dir, checkpoint_every=args.checkpoint_every
     )
-    start = time.time()
-    _, tokenizer = train_teacher(config, out)
-    minutes = (time.time() - start) / 60
+    # Minutes across every run of this recipe, a stopped-and-resumed one included.
+    minutes = json.loads((Path(out) / EXTRAS_FILE).read_text())["train_minutes"]
     model = load_pretrained(out)  # score what ships (float16 weights), not the in-memory copy
     eval_config = EvalConfig(batch_size=64)
     real = evaluate_mcq(model, tokenizer, val, eval_config)
@@ -95,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
         "checkpoint": str(out),
     }
     write_json(Path(out) / "training_summary.json", summary, indent=2)
+    # The run is complete and saved: the same command now trains a new teacher from scratch.
+    (work_dir / STATE_FILE).unlink(missing_ok=True)
     print(json.dumps(summary, indent=2))
     return 0
 

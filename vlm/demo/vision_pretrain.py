@@ -29,6 +29,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vlm.config import ImageSpec
 from vlm.demo.scenes import COLORS, SHAPES, SIZE_RANGES, Scene, render_scene, sample_scene
+from vlm.demo.training_state import TrainingState
 from vlm.geometry import resized_size
 from vlm.model import VisionLanguageModel
 from vlm.processing import split_image
@@ -114,8 +115,9 @@ class PatchHeads(nn.Module):
     def loss(self, features: torch.Tensor, classes: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         n_views, n_patches, _ = features.shape
         side = self.row.out_features
-        rows = torch.arange(n_patches).div(side, rounding_mode="floor").repeat(n_views)
-        cols = torch.arange(n_patches).remainder(side).repeat(n_views)
+        index = torch.arange(n_patches, device=features.device)
+        rows = index.div(side, rounding_mode="floor").repeat(n_views)
+        cols = index.remainder(side).repeat(n_views)
         weight = torch.ones(N_CLASSES, device=features.device)
         weight[0] = BACKGROUND_WEIGHT
         flat = features.flatten(0, 1)
@@ -164,27 +166,40 @@ def patch_class_accuracy(
     }
 
 
-def pretrain_vision(
-    model: VisionLanguageModel, steps: int = 1500, batch_size: int = 32, lr: float = 2e-3, seed: int = 0
-) -> dict[str, float]:
-    """Train `model.vision_encoder` on the per-patch targets above.
+VISION_STAGE = "vision pre-training"
 
+
+def pretrain_vision(
+    model: VisionLanguageModel,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    state: TrainingState | None = None,
+) -> dict[str, float]:
+    """Train `model.vision_encoder` on the per-patch targets above, on the model's device.
+
+    ``state`` saves the run every few steps and resumes a stopped one (`vlm.demo.training_state`).
     Returns the final loss and the held-out patch accuracies of `patch_class_accuracy` (200 scenes).
     """
+    state = state or TrainingState(None, {})
+    device = next(model.parameters()).device
     rng = random.Random(f"vision-pretrain/{seed}")
     spec = model.image_spec
     patch = model.cfg.vit_patch_size
-    heads = PatchHeads(model.cfg.vit_hidden_dim, spec.view_size // patch)
+    heads = PatchHeads(model.cfg.vit_hidden_dim, spec.view_size // patch).to(device)
     params = list(model.vision_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, VISION_WARMUP_STEPS, steps, min_lr_rate=VISION_MIN_LR_RATIO
     )
+    resumable = {"optimizer": optimizer, "scheduler": scheduler, "heads": heads}
+    first = state.start(VISION_STAGE, resumable, rng)
     model.vision_encoder.train()
     loss_value = float("nan")
-    progress = tqdm(range(steps), desc="pretrain vision")
-    for _ in progress:
-        views, classes, centres = _labelled_views(rng, batch_size, spec, patch)
+    progress = tqdm(range(first, steps), desc="pretrain vision", initial=first, total=steps)
+    for step in progress:
+        views, classes, centres = (t.to(device) for t in _labelled_views(rng, batch_size, spec, patch))
         features = model.vision_encoder(pixel_values=views).last_hidden_state  # [N, P, D]
         loss = heads.loss(features, classes, centres)
         optimizer.zero_grad(set_to_none=True)
@@ -193,9 +208,13 @@ def pretrain_vision(
         scheduler.step()
         loss_value = float(loss.detach())
         progress.set_postfix(loss=f"{loss_value:.3f}")
+        state.step_done(VISION_STAGE, step + 1, model, resumable, rng)
     model.vision_encoder.eval()
     views, classes, _ = _labelled_views(random.Random(f"vision-heldout/{seed}"), 200, spec, patch)
-    result = {"final_loss": loss_value, **patch_class_accuracy(model, heads, views, classes)}
+    result = {
+        "final_loss": loss_value,
+        **patch_class_accuracy(model, heads, views.to(device), classes.to(device)),
+    }
     logger.info(
         "vision pre-training: %d steps, final loss %.4f, held-out patch accuracy %.3f (small objects %.3f)",
         steps,
@@ -203,4 +222,5 @@ def pretrain_vision(
         result["object_patches"],
         result["small_object_patches"],
     )
+    state.finish(VISION_STAGE, model, result, rng)
     return result

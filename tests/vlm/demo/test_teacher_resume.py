@@ -1,0 +1,122 @@
+"""A stopped teacher run resumes to the very weights an uninterrupted one reaches; the kind curriculum
+asks what it says; the CLI refuses what it cannot do."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+import vlm.demo.teacher as teacher_module
+import vlm.demo.vision_pretrain as vision_module
+from vlm.cli import UsageError
+from vlm.demo.recipe import SessionMix, TeacherTrainConfig
+from vlm.demo.scenes import Q_PRESENCE
+from vlm.demo.sessions import vqa_session
+from vlm.demo.teacher import build_demo_tokenizer, demo_vlm_config, train_teacher
+from vlm.demo.train_teacher import main as train_teacher_main
+from vlm.demo.training_state import STATE_FILE, RecipeMismatchError, TrainingState
+from vlm.model import VisionLanguageModel
+from vlm.tokenizer import special_token_ids
+
+TINY = TeacherTrainConfig(
+    vision_steps=3,
+    letter_steps=2,
+    letter_batch_size=4,
+    vqa_steps=4,
+    batch_size=2,
+    session=SessionMix(turns=2),
+    warmup_steps=1,
+    first_kinds=("presence",),
+    first_steps=2,
+)
+
+
+def _stop_on_call(monkeypatch, module, name: str, call: int) -> None:
+    """Make ``module.name`` raise KeyboardInterrupt on its ``call``-th use, as a Ctrl-C there would."""
+    original = getattr(module, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def _weights(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    model, _ = train_teacher(TINY, work_dir=tmp_path_factory.mktemp("straight"), checkpoint_every=1)
+    return _weights(model)
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "call"),
+    [
+        (vision_module, "_labelled_views", 3),  # during vision pre-training, after two steps
+        (teacher_module, "vqa_session", 2 * 3 + 1),  # in the 4th VQA step, after the curriculum's two
+    ],
+    ids=["vision", "vqa"],
+)
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, uninterrupted, module, name, call):
+    with monkeypatch.context() as patch:
+        _stop_on_call(patch, module, name, call)
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1)
+    assert (tmp_path / STATE_FILE).is_file()
+    model, _ = train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1)
+    resumed = _weights(model)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_a_saved_run_refuses_another_recipe(tmp_path):
+    state = TrainingState(tmp_path, dataclasses.asdict(TINY))
+    model = torch.nn.Linear(2, 2)
+    state.finish("stage", model, 1.0, random.Random(0))
+    with pytest.raises(RecipeMismatchError, match="--fresh"):
+        TrainingState(tmp_path, dataclasses.asdict(dataclasses.replace(TINY, lr=1e-3)))
+    again = TrainingState(tmp_path, dataclasses.asdict(TINY))
+    assert again.is_done("stage") and again.result("stage") == 1.0
+
+
+def test_the_kind_curriculum_asks_only_its_kinds():
+    tokenizer = build_demo_tokenizer()
+    cfg = demo_vlm_config(len(tokenizer))
+    spec = VisionLanguageModel(cfg, special_token_ids(tokenizer, cfg)["image_token"]).image_spec
+    mix = SessionMix(turns=4, caption_fraction=0.0, location_fraction=0.0, kinds=("presence",))
+    rng = random.Random(0)
+    for _ in range(3):
+        text = tokenizer.decode(vqa_session(rng, tokenizer, cfg, spec, mix).input_ids)
+        question = tokenizer.decode(tokenizer(Q_PRESENCE, add_special_tokens=False)["input_ids"])
+        assert text.count(question) == text.count("assistant") == 4
+
+
+def test_bad_curricula_are_refused():
+    with pytest.raises(ValueError, match="unknown question kinds"):
+        SessionMix(kinds=("colour",))
+    with pytest.raises(ValueError, match="first_kinds exactly"):
+        TeacherTrainConfig(first_steps=10)
+    with pytest.raises(ValueError, match="first_steps must be"):
+        TeacherTrainConfig(first_kinds=("presence",), first_steps=10_000)
+
+
+def test_the_cli_refuses_a_missing_gpu_and_a_bad_curriculum_in_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert train_teacher_main(["--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert train_teacher_main(["--first-steps", "5"]) == 2
+    assert "first_kinds" in capsys.readouterr().err
+    with pytest.raises(UsageError):
+        from vlm.demo.train_teacher import check_device
+
+        check_device("tpu")
