@@ -104,6 +104,15 @@ def iter_examples(seed: int, split: str, size: int) -> Iterator[tuple[Scene, Que
             raise RuntimeError(f"no scene supported {plan} in {MAX_SCENES_PER_QUESTION} draws")
 
 
+def question_kinds(config: DemoDataConfig, split: str) -> dict[str, str]:
+    """Each question id of a generated split -> its kind ('attribute', 'count', ...)."""
+    size = config.split_sizes()[split]
+    return {
+        f"demo_{SPLITS[split]}_{index:06d}": question.kind
+        for index, (_, question) in enumerate(iter_examples(config.seed, split, size))
+    }
+
+
 def add_row(columns: dict[str, list], question_id: str, image, question) -> None:
     """Append one question in A-OKVQA's schema (the image as PNG bytes) to `columns` (one list per feature)."""
     columns["question_id"].append(question_id)

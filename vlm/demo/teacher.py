@@ -93,9 +93,11 @@ def _decoder_stage(
     pad_id: int,
     rng: random.Random,
     state: TrainingState,
+    after_step=None,
 ) -> float:
     """Train the whole model for `steps` on batches from `make_batch(step)`, which draws from `rng`;
-    `state` saves every few steps and resumes a stopped stage. Returns the running loss."""
+    `state` saves every few steps and resumes a stopped stage; `after_step(steps_done)` runs after each
+    step, before it is saved. Returns the running loss."""
     device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
@@ -130,6 +132,8 @@ def _decoder_stage(
             logger.info(
                 "%s step %d/%d loss %.4f (%.0fs)", name, step + 1, steps, running, time.time() - start
             )
+        if after_step is not None:
+            after_step(step + 1)
         state.step_done(name, step + 1, model, resumable, rng)
     model.eval()
     state.finish(name, model, running, rng)
@@ -138,6 +142,7 @@ def _decoder_stage(
 
 LETTER_STAGE = "letter mapping"
 VQA_STAGE = "vqa sessions"
+VQA_CURVE = "vqa_curve"
 
 
 def train_teacher(
@@ -147,6 +152,8 @@ def train_teacher(
     device: str = "cpu",
     work_dir: Path | None = None,
     checkpoint_every: int = 100,
+    evaluate=None,
+    eval_every: int = 0,
 ) -> tuple[VisionLanguageModel, object]:
     """Train the demo teacher from scratch on `device`; save it (nanoVLM layout + tokenizer) if `out_dir`.
 
@@ -157,8 +164,10 @@ def train_teacher(
     its own seed stream, never the dataset's splits.
 
     With `work_dir`, the run is saved there every `checkpoint_every` steps and at each stage's end, and a
-    run started again with the same recipe continues where the last one stopped (`TrainingState`). The
-    returned model is on the CPU.
+    run started again with the same recipe continues where the last one stopped (`TrainingState`). With
+    `evaluate(model) -> dict` and `eval_every`, the VQA stage is scored every `eval_every` steps and at its
+    end; the curve is saved with the checkpoint (`vqa_curve` in its extras). The returned model is on the
+    CPU.
     """
     torch.manual_seed(config.seed)
     tokenizer = build_demo_tokenizer()
@@ -200,8 +209,19 @@ def train_teacher(
         mix = first_mix if step < config.first_steps else config.session
         return [vqa_session(rng, tokenizer, cfg, spec, mix) for _ in range(config.batch_size)]
 
+    def score(done: int) -> None:
+        if evaluate is None or not eval_every or (done % eval_every and done != config.vqa_steps):
+            return
+        model.eval()
+        point = {"step": done, **evaluate(model)}
+        model.train()
+        state.record(VQA_CURVE, point)
+        logger.info("%s step %d: %s", VQA_STAGE, done, point)
+
     if not state.is_done(VQA_STAGE):
-        _decoder_stage(model, VQA_STAGE, config.vqa_steps, vqa_batch, config, pad_id, rng, state)
+        _decoder_stage(
+            model, VQA_STAGE, config.vqa_steps, vqa_batch, config, pad_id, rng, state, after_step=score
+        )
     model.to("cpu")
     logger.info("demo teacher trained in %.1f min in all (saved runs included)", state.seconds / 60)
     if out_dir is not None:
@@ -214,6 +234,7 @@ def train_teacher(
                 "demo_teacher_training": dataclasses.asdict(config),
                 "vision_pretraining": vision,
                 "train_minutes": round(state.seconds / 60, 2),
+                VQA_CURVE: state.records(VQA_CURVE),
                 "device": device,
             },
             weights_dtype=torch.float16,

@@ -31,6 +31,14 @@ def blank_images(examples):
     return [dataclasses.replace(e, image=Image.new("RGB", e.image.size, (128, 128, 128))) for e in examples]
 
 
+def accuracy_by_kind(result, kinds: dict[str, str], correct: dict[str, int]) -> dict[str, float]:
+    """MCQ accuracy per question kind of the questions `result` answered."""
+    hits: dict[str, list[bool]] = {}
+    for question_id, choice in result.predictions.items():
+        hits.setdefault(kinds[question_id], []).append(choice == correct[question_id])
+    return {kind: round(sum(h) / len(h), 4) for kind, h in sorted(hits.items())}
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = TeacherTrainConfig()
     parser = make_parser(
@@ -65,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--first-steps", type=int, default=defaults.first_steps, help="VQA steps of the kind curriculum"
     )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="score the VQA stage on the first --eval-questions validation MCQs every N steps (0: never)",
+    )
+    parser.add_argument("--eval-questions", type=int, default=500, help="questions for --eval-every")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
@@ -102,8 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     from vlm.atomic import write_json
     from vlm.checkpoint import EXTRAS_FILE, load_pretrained
     from vlm.data import DataConfig, load_examples
-    from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset
-    from vlm.demo.teacher import SHIPPED_TEACHER, train_teacher
+    from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset, question_kinds
+    from vlm.demo.teacher import SHIPPED_TEACHER, VQA_CURVE, build_demo_tokenizer, train_teacher
     from vlm.demo.training_state import STATE_FILE
     from vlm.evaluate import EvalConfig, evaluate_mcq
     from vlm.paths import cache_dir
@@ -111,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if args.eval_every < 0 or args.eval_questions < 1:
+        raise UsageError("--eval-every must be >= 0 and --eval-questions >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or SHIPPED_TEACHER
@@ -118,8 +135,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.fresh and (work_dir / STATE_FILE).exists():
         (work_dir / STATE_FILE).unlink()
         logger.info("--fresh: removed the saved run in %s", work_dir)
-    data_dir = ensure_demo_dataset(DemoDataConfig(), cache_dir())
+    data_config = DemoDataConfig()
+    data_dir = ensure_demo_dataset(data_config, cache_dir())
     val, _ = load_examples(DataConfig(source=str(data_dir), split="validation"))
+    kinds = question_kinds(data_config, "validation")
+    correct = {e.question_id: e.correct_choice_idx for e in val}
+    eval_config = EvalConfig(batch_size=64, show_progress=False)
+
+    curve_questions, curve_tokenizer = val[: args.eval_questions], build_demo_tokenizer()
+
+    def score(model) -> dict:
+        result = evaluate_mcq(model, curve_tokenizer, curve_questions, eval_config)
+        return {"mcq": round(result.accuracy, 4), "by_kind": accuracy_by_kind(result, kinds, correct)}
+
     try:
         config = dataclasses.replace(
             TeacherTrainConfig(),
@@ -135,18 +163,26 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from error
     _, tokenizer = train_teacher(
-        config, out, device=args.device, work_dir=work_dir, checkpoint_every=args.checkpoint_every
+        config,
+        out,
+        device=args.device,
+        work_dir=work_dir,
+        checkpoint_every=args.checkpoint_every,
+        evaluate=score,
+        eval_every=args.eval_every,
     )
     # Minutes across every run of this recipe, a stopped-and-resumed one included.
-    minutes = json.loads((Path(out) / EXTRAS_FILE).read_text())["train_minutes"]
+    extras = json.loads((Path(out) / EXTRAS_FILE).read_text())
     model = load_pretrained(out)  # score what ships (float16 weights), not the in-memory copy
-    eval_config = EvalConfig(batch_size=64)
     real = evaluate_mcq(model, tokenizer, val, eval_config)
     blank = evaluate_mcq(model, tokenizer, blank_images(val), eval_config)
     summary = {
-        "train_minutes": round(minutes, 2),
+        "train_minutes": extras["train_minutes"],
+        "device": args.device,
         "validation_accuracy": real.summary(),
+        "validation_accuracy_by_kind": accuracy_by_kind(real, kinds, correct),
         "blank_image_accuracy": blank.summary(),
+        VQA_CURVE: extras[VQA_CURVE],
         "checkpoint": str(out),
     }
     write_json(Path(out) / "training_summary.json", summary, indent=2)

@@ -62,6 +62,7 @@ class TrainingState:
             "model": None,
             "current": None,
             "seconds": 0.0,
+            "records": {},
         }
         if self.path is not None and self.path.is_file():
             saved = torch.load(self.path, map_location=device, weights_only=True)
@@ -91,6 +92,14 @@ class TrainingState:
     def result(self, stage: str):
         """The result a finished ``stage`` returned, or None when it has not finished."""
         return self._saved["done"].get(stage)
+
+    def record(self, key: str, entry: dict) -> None:
+        """Append ``entry`` (JSON-like, e.g. one point of a learning curve) to the list ``key``; it is
+        saved with the next step, so a resumed run neither loses nor repeats it."""
+        self._saved["records"].setdefault(key, []).append(entry)
+
+    def records(self, key: str) -> list[dict]:
+        return list(self._saved["records"].get(key, []))
 
     def is_done(self, stage: str) -> bool:
         return stage in self._saved["done"]

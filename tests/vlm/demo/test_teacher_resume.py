@@ -4,6 +4,7 @@ asks what it says; the CLI refuses what it cannot do."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -11,11 +12,13 @@ import torch
 
 import vlm.demo.teacher as teacher_module
 import vlm.demo.vision_pretrain as vision_module
+from vlm.checkpoint import EXTRAS_FILE
 from vlm.cli import UsageError
 from vlm.demo.recipe import SessionMix, TeacherTrainConfig
 from vlm.demo.scenes import Q_PRESENCE
 from vlm.demo.sessions import vqa_session
 from vlm.demo.teacher import build_demo_tokenizer, demo_vlm_config, train_teacher
+from vlm.demo.train_teacher import accuracy_by_kind
 from vlm.demo.train_teacher import main as train_teacher_main
 from vlm.demo.training_state import STATE_FILE, RecipeMismatchError, TrainingState
 from vlm.model import VisionLanguageModel
@@ -120,3 +123,31 @@ def test_the_cli_refuses_a_missing_gpu_and_a_bad_curriculum_in_one_line(capsys):
         from vlm.demo.train_teacher import check_device
 
         check_device("tpu")
+
+
+def test_the_vqa_curve_is_scored_every_n_steps_and_survives_a_resume(tmp_path, monkeypatch):
+    calls = []
+
+    def evaluate(model):
+        assert not model.training  # scored in eval mode, trained again afterwards
+        calls.append(1)
+        return {"mcq": 0.25 * len(calls)}
+
+    with monkeypatch.context() as patch:
+        _stop_on_call(patch, teacher_module, "vqa_session", 2 * 3 + 1)  # in step 4, after step 2's point
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1, evaluate=evaluate, eval_every=2)
+    train_teacher(
+        TINY, tmp_path / "teacher", work_dir=tmp_path, checkpoint_every=1, evaluate=evaluate, eval_every=2
+    )
+    extras = json.loads((tmp_path / "teacher" / EXTRAS_FILE).read_text())
+    assert [p["step"] for p in extras["vqa_curve"]] == [2, 4]  # step 2's point kept, not repeated
+    assert extras["train_minutes"] > 0
+
+
+def test_accuracy_by_kind_counts_each_kind_apart():
+    from vlm.evaluate import MCQResult
+
+    result = MCQResult(predictions={"a": 0, "b": 1, "c": 2})
+    kinds = {"a": "size", "b": "size", "c": "count"}
+    assert accuracy_by_kind(result, kinds, {"a": 0, "b": 0, "c": 2}) == {"count": 1.0, "size": 0.5}
