@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from vlm.atomic import write_json
-from vlm.cli import UsageError, make_parser, run
+from vlm.cli import UsageError, make_parser, parse_device, run
 from vlm.config import BenchSettings, CompressionConfig
 
 logger = logging.getLogger("vlm.bench")
@@ -108,9 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         compression = CompressionConfig.from_json(args.compression) if args.compression else None
     except (ValueError, OSError) as err:
         raise UsageError(f"{err}") from err
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no CUDA device: use --device cpu")
+    device = parse_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -98,3 +98,17 @@ def run(
             logger.exception("%s failed", parser.prog)
         print(f"{parser.prog.removeprefix('python -m ')}: error: {err}", file=sys.stderr)
         return 2
+
+
+def parse_device(name: str):
+    """The torch.device a ``--device`` value names, refused (UsageError) when it is not a device name or
+    names a GPU this machine lacks, before any minutes of work are spent on the way to it."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: torch sees no CUDA GPU here; use --device cpu")
+    return device

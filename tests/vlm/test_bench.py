@@ -156,7 +156,7 @@ def test_cli_demo_teacher(tmp_path, capsys):
     [
         (["--compression", '{"token_grid": 0}'], "token_grid must be >= 1"),
         (["--compression", '{"tokens": 4}'], "unknown CompressionConfig fields"),
-        (["--device", "cuda"], "no CUDA device"),
+        (["--device", "cuda"], "no CUDA GPU"),
         (["--repeats", "0"], "repeats"),
         (["--questions", "0"], "--questions"),
     ],

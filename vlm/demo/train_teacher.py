@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vlm.cli import UsageError, make_parser, run
+from vlm.cli import UsageError, make_parser, parse_device, run
 from vlm.demo.recipe import TeacherTrainConfig
 
 logger = logging.getLogger(__name__)
@@ -97,20 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this machine lacks, before minutes of training are spent on the way to it."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as error:
-        raise UsageError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from error
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
-    if kind not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device}: the demo teacher trains on cpu or cuda")
-
-
 def _run(args: argparse.Namespace) -> int:
     import torch
 
@@ -123,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     from vlm.evaluate import EvalConfig, evaluate_mcq
     from vlm.paths import cache_dir
 
-    check_device(args.device)
+    if parse_device(args.device).type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {args.device}: the demo teacher trains on cpu or cuda")
     if args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.eval_every < 0 or args.eval_questions < 1:

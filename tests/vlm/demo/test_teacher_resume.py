@@ -119,10 +119,12 @@ def test_the_cli_refuses_a_missing_gpu_and_a_bad_curriculum_in_one_line(capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
     assert train_teacher_main(["--first-steps", "5"]) == 2
     assert "first_kinds" in capsys.readouterr().err
-    with pytest.raises(UsageError):
-        from vlm.demo.train_teacher import check_device
+    assert train_teacher_main(["--device", "tpu"]) == 2
+    assert "not a device name" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="cpu or cuda"):
+        from vlm.demo.train_teacher import _run, build_parser
 
-        check_device("tpu")
+        _run(build_parser().parse_args(["--device", "meta"]))
 
 
 def test_the_vqa_curve_is_scored_every_n_steps_and_survives_a_resume(tmp_path, monkeypatch):
