@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     from vlm.data import DataConfig, load_examples
     from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset, question_kinds
     from vlm.demo.teacher import SHIPPED_TEACHER, VQA_CURVE, build_demo_tokenizer, train_teacher
-    from vlm.demo.training_state import STATE_FILE
+    from vlm.demo.training_state import discard
     from vlm.evaluate import EvalConfig, evaluate_mcq
     from vlm.paths import cache_dir
 
@@ -119,8 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or SHIPPED_TEACHER
     work_dir = args.work_dir or cache_dir() / "teacher-training"
-    if args.fresh and (work_dir / STATE_FILE).exists():
-        (work_dir / STATE_FILE).unlink()
+    if args.fresh and discard(work_dir):
         logger.info("--fresh: removed the saved run in %s", work_dir)
     data_config = DemoDataConfig()
     data_dir = ensure_demo_dataset(data_config, cache_dir())
@@ -174,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     write_json(Path(out) / "training_summary.json", summary, indent=2)
     # The run is complete and saved: the same command now trains a new teacher from scratch.
-    (work_dir / STATE_FILE).unlink(missing_ok=True)
+    discard(work_dir)
     print(json.dumps(summary, indent=2))
     return 0
 

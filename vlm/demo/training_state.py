@@ -31,6 +31,14 @@ class RecipeMismatchError(UsageError):
     """The state file on disk was written by another recipe."""
 
 
+def discard(folder: Path) -> bool:
+    """Delete the saved run in ``folder``; True when there was one."""
+    path = Path(folder) / STATE_FILE
+    existed = path.is_file()
+    path.unlink(missing_ok=True)
+    return existed
+
+
 def _rng_state(rng: random.Random) -> list:
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
@@ -144,7 +152,7 @@ class TrainingState:
         }
         self._write()
 
-    def finish(self, stage: str, model, result, rng: random.Random) -> None:  # noqa: D417
+    def finish(self, stage: str, model, result, rng: random.Random) -> None:
         """Record ``stage`` as finished with ``result`` (JSON-like), the model after it and the state of
         ``rng``, which a later stage may go on drawing from (`skip`)."""
         self._saved["done"][stage] = result
