@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from vlm.config import VLMConfig
 from vlm.demo.recipe import TeacherTrainConfig
 from vlm.demo.scenes import demo_vocabulary
 from vlm.demo.sessions import letter_mapping_prompt, vqa_session
+from vlm.demo.step_batches import StepBatches, iterate
 from vlm.demo.training_state import TrainingState
 from vlm.demo.vision_pretrain import VISION_STAGE, pretrain_vision
 from vlm.model import VisionLanguageModel
@@ -88,16 +90,15 @@ def _decoder_stage(
     model: VisionLanguageModel,
     name: str,
     steps: int,
-    make_batch,
+    batches: StepBatches,
     config: TeacherTrainConfig,
-    pad_id: int,
-    rng: random.Random,
     state: TrainingState,
+    workers: int = 0,
     after_step=None,
 ) -> float:
-    """Train the whole model for `steps` on batches from `make_batch(step)`, which draws from `rng`;
-    `state` saves every few steps and resumes a stopped stage; `after_step(steps_done)` runs after each
-    step, before it is saved. Returns the running loss."""
+    """Train the whole model for `steps` on `batches` (drawn by `workers` processes when they have per-step
+    seeds); `state` saves every few steps and resumes a stopped stage; `after_step(steps_done)` runs after
+    each step, before it is saved. Returns the running loss."""
     device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
@@ -111,13 +112,12 @@ def _decoder_stage(
         optimizer, config.warmup_steps, steps, min_lr_rate=config.min_lr_ratio
     )
     resumable = {"optimizer": optimizer, "scheduler": scheduler}
-    first = state.start(name, resumable, rng)
+    first = state.start(name, resumable, batches.rng)
     model.train()
     running = float("nan")
     start = time.time()
     progress = tqdm(range(first, steps), desc=name, initial=first, total=steps)
-    for step in progress:
-        batch = collate_sequences(make_batch(step), pad_id)
+    for step, batch in zip(progress, iterate(batches, first, steps, workers)):
         loss = sequence_loss(model, batch, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; lower the lr")
@@ -134,10 +134,27 @@ def _decoder_stage(
             )
         if after_step is not None:
             after_step(step + 1)
-        state.step_done(name, step + 1, model, resumable, rng)
+        state.step_done(name, step + 1, model, resumable, batches.rng)
     model.eval()
-    state.finish(name, model, running, rng)
+    state.finish(name, model, running, batches.rng)
     return running
+
+
+def _letter_batch(rng: random.Random, step: int, *, tokenizer, size: int, pad_id: int) -> dict:
+    return collate_sequences([letter_mapping_prompt(rng, tokenizer) for _ in range(size)], pad_id)
+
+
+def _vqa_batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, config: TeacherTrainConfig) -> dict:
+    # The kind curriculum: the first `first_steps` steps ask only `first_kinds`.
+    kinds = config.first_kinds if step < config.first_steps else config.session.kinds
+    mix = dataclasses.replace(config.session, kinds=kinds)
+    sessions = [vqa_session(rng, tokenizer, cfg, spec, mix) for _ in range(config.batch_size)]
+    return collate_sequences(sessions, tokenizer.pad_token_id)
+
+
+def _stream_prefix(config: TeacherTrainConfig, stage: str) -> str | None:
+    """Per-step seeds' prefix for `stage` when the recipe asks for them, else None (the shared stream)."""
+    return f"teacher/{config.seed}/{stage}" if config.step_seeds else None
 
 
 LETTER_STAGE = "letter mapping"
@@ -154,6 +171,7 @@ def train_teacher(
     checkpoint_every: int = 100,
     evaluate=None,
     eval_every: int = 0,
+    data_workers: int = 0,
 ) -> tuple[VisionLanguageModel, object]:
     """Train the demo teacher from scratch on `device`; save it (nanoVLM layout + tokenizer) if `out_dir`.
 
@@ -166,8 +184,9 @@ def train_teacher(
     With `work_dir`, the run is saved there every `checkpoint_every` steps and at each stage's end, and a
     run started again with the same recipe continues where the last one stopped (`TrainingState`). With
     `evaluate(model) -> dict` and `eval_every`, the VQA stage is scored every `eval_every` steps and at its
-    end; the curve is saved with the checkpoint (`vqa_curve` in its extras). The returned model is on the
-    CPU.
+    end; the curve is saved with the checkpoint (`vqa_curve` in its extras). With `config.step_seeds`,
+    `data_workers` processes draw the batches (`vlm.demo.step_batches`); the weights do not depend on
+    their number. The returned model is on the CPU.
     """
     torch.manual_seed(config.seed)
     tokenizer = build_demo_tokenizer()
@@ -178,36 +197,33 @@ def train_teacher(
     state = TrainingState(work_dir, dataclasses.asdict(config), checkpoint_every, device)
     state.restore_model(model)
     model.to(device)
-    pad_id = tokenizer.pad_token_id
     vision = {}
     if config.vision_steps:
         if state.is_done(VISION_STAGE):
             vision = state.skip(VISION_STAGE)
         else:
             vision = pretrain_vision(
-                model, config.vision_steps, lr=config.vision_lr, seed=config.seed, state=state
+                model,
+                config.vision_steps,
+                lr=config.vision_lr,
+                seed=config.seed,
+                state=state,
+                step_seeds=config.step_seeds,
+                workers=data_workers,
             )
     rng = random.Random(f"teacher/{config.seed}")
     if config.letter_steps:
         if state.is_done(LETTER_STAGE):
             state.skip(LETTER_STAGE, rng)
         else:
-            _decoder_stage(
-                model,
-                LETTER_STAGE,
-                config.letter_steps,
-                lambda step: [letter_mapping_prompt(rng, tokenizer) for _ in range(config.letter_batch_size)],
-                config,
-                pad_id,
-                rng,
-                state,
+            make = partial(
+                _letter_batch,
+                tokenizer=tokenizer,
+                size=config.letter_batch_size,
+                pad_id=tokenizer.pad_token_id,
             )
-    spec = model.image_spec
-    first_mix = dataclasses.replace(config.session, kinds=config.first_kinds)
-
-    def vqa_batch(step: int):
-        mix = first_mix if step < config.first_steps else config.session
-        return [vqa_session(rng, tokenizer, cfg, spec, mix) for _ in range(config.batch_size)]
+            batches = StepBatches(make, rng, _stream_prefix(config, LETTER_STAGE))
+            _decoder_stage(model, LETTER_STAGE, config.letter_steps, batches, config, state, data_workers)
 
     def score(done: int) -> None:
         if evaluate is None or not eval_every or (done % eval_every and done != config.vqa_steps):
@@ -219,9 +235,9 @@ def train_teacher(
         logger.info("%s step %d: %s", VQA_STAGE, done, point)
 
     if not state.is_done(VQA_STAGE):
-        _decoder_stage(
-            model, VQA_STAGE, config.vqa_steps, vqa_batch, config, pad_id, rng, state, after_step=score
-        )
+        make = partial(_vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=model.image_spec, config=config)
+        batches = StepBatches(make, rng, _stream_prefix(config, VQA_STAGE))
+        _decoder_stage(model, VQA_STAGE, config.vqa_steps, batches, config, state, data_workers, score)
     model.to("cpu")
     logger.info("demo teacher trained in %.1f min in all (saved runs included)", state.seconds / 60)
     if out_dir is not None:

@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the VQA stage on the first --eval-questions validation MCQs every N steps (0: never)",
     )
     parser.add_argument("--eval-questions", type=int, default=500, help="questions for --eval-every")
+    parser.add_argument(
+        "--step-seeds",
+        action="store_true",
+        help="draw each step's scenes from their own seed (another scene stream than the shipped "
+        "teacher's); needed by --data-workers",
+    )
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        help="processes drawing the training batches ahead of the model (with --step-seeds; the weights "
+        "do not depend on their number); a GPU needs them",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
@@ -115,6 +128,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.eval_every < 0 or args.eval_questions < 1:
         raise UsageError("--eval-every must be >= 0 and --eval-questions >= 1")
+    if args.data_workers < 0:
+        raise UsageError(f"--data-workers must be >= 0, got {args.data_workers}")
+    if args.data_workers and not args.step_seeds:
+        raise UsageError(
+            "--data-workers needs --step-seeds: the default scene stream is drawn in order by one process"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or SHIPPED_TEACHER
@@ -145,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             first_kinds=tuple(args.first_kinds),
             first_steps=args.first_steps,
+            step_seeds=args.step_seeds,
         )
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -156,6 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         evaluate=score,
         eval_every=args.eval_every,
+        data_workers=args.data_workers,
     )
     # Minutes across every run of this recipe, a stopped-and-resumed one included.
     extras = json.loads((Path(out) / EXTRAS_FILE).read_text())

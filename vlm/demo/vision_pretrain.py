@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vlm.config import ImageSpec
 from vlm.demo.scenes import COLORS, SHAPES, SIZE_RANGES, Scene, render_scene, sample_scene
+from vlm.demo.step_batches import StepBatches, iterate
 from vlm.demo.training_state import TrainingState
 from vlm.geometry import resized_size
 from vlm.model import VisionLanguageModel
@@ -152,6 +154,10 @@ def _labelled_views(
     return torch.cat(views), torch.cat(classes), torch.cat(centres)
 
 
+def _step_views(rng: random.Random, step: int, *, n_scenes: int, spec: ImageSpec, patch: int):
+    return _labelled_views(rng, n_scenes, spec, patch)
+
+
 @torch.no_grad()
 def patch_class_accuracy(
     model: VisionLanguageModel, heads: PatchHeads, views: torch.Tensor, classes: torch.Tensor
@@ -176,10 +182,14 @@ def pretrain_vision(
     lr: float = 2e-3,
     seed: int = 0,
     state: TrainingState | None = None,
+    step_seeds: bool = False,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Train `model.vision_encoder` on the per-patch targets above, on the model's device.
 
     ``state`` saves the run every few steps and resumes a stopped one (`vlm.demo.training_state`).
+    ``step_seeds`` draws each step's scenes from their own seed, so ``workers`` processes can draw them
+    (`vlm.demo.step_batches`).
     Returns the final loss and the held-out patch accuracies of `patch_class_accuracy` (200 scenes).
     """
     state = state or TrainingState(None, {})
@@ -195,11 +205,13 @@ def pretrain_vision(
     )
     resumable = {"optimizer": optimizer, "scheduler": scheduler, "heads": heads}
     first = state.start(VISION_STAGE, resumable, rng)
+    make = partial(_step_views, n_scenes=batch_size, spec=spec, patch=patch)
+    batches = StepBatches(make, rng, f"vision-pretrain/{seed}" if step_seeds else None)
     model.vision_encoder.train()
     loss_value = float("nan")
     progress = tqdm(range(first, steps), desc="pretrain vision", initial=first, total=steps)
-    for step in progress:
-        views, classes, centres = (t.to(device) for t in _labelled_views(rng, batch_size, spec, patch))
+    for step, batch in zip(progress, iterate(batches, first, steps, workers)):
+        views, classes, centres = (t.to(device) for t in batch)
         features = model.vision_encoder(pixel_values=views).last_hidden_state  # [N, P, D]
         loss = heads.loss(features, classes, centres)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,102 @@
+"""Per-step seeds let worker processes draw the teacher's batches: the same batches, and so the same
+weights, whatever the number of workers, also after a resume; the shared stream refuses workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+import vlm.demo.teacher as teacher_module
+from vlm.demo.recipe import SessionMix, TeacherTrainConfig
+from vlm.demo.step_batches import SharedStreamError, StepBatches, iterate
+from vlm.demo.teacher import train_teacher
+from vlm.demo.train_teacher import main as train_teacher_main
+
+TINY = TeacherTrainConfig(
+    vision_steps=3,
+    letter_steps=2,
+    letter_batch_size=4,
+    vqa_steps=4,
+    batch_size=2,
+    session=SessionMix(turns=2),
+    warmup_steps=1,
+    first_kinds=("presence",),
+    first_steps=2,
+    step_seeds=True,
+)
+
+
+def _draws(rng: random.Random, step: int) -> torch.Tensor:
+    return torch.tensor([step] + [rng.random() for _ in range(3)], dtype=torch.float64)
+
+
+def test_workers_draw_the_same_batches_in_step_order():
+    batches = StepBatches(_draws, random.Random(0), "test")
+    here = list(iterate(batches, 0, 6, workers=0))
+    in_workers = list(iterate(batches, 0, 6, workers=2))
+    assert [int(b[0]) for b in in_workers] == list(range(6))
+    assert all(torch.equal(a, b) for a, b in zip(here, in_workers))
+    # A resumed stage starting at step 3 gets exactly the batches it would have had.
+    assert all(torch.equal(a, b) for a, b in zip(here[3:], iterate(batches, 3, 6, workers=2)))
+    # Different steps draw different scenes.
+    assert not torch.equal(here[1][1:], here[2][1:])
+
+
+def test_the_shared_stream_is_drawn_in_order_and_refuses_workers():
+    batches = StepBatches(_draws, random.Random(0), None)
+    first, second = iterate(batches, 0, 2)
+    expected = random.Random(0)
+    assert first[1:].tolist() == [expected.random() for _ in range(3)]
+    assert second[1:].tolist() == [expected.random() for _ in range(3)]
+    with pytest.raises(SharedStreamError, match="--step-seeds"):
+        list(iterate(batches, 0, 2, workers=1))
+
+
+def _weights(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def drawn_here():
+    model, _ = train_teacher(TINY)
+    return _weights(model)
+
+
+def test_the_teacher_trains_to_the_same_weights_with_workers(drawn_here):
+    model, _ = train_teacher(TINY, data_workers=2)
+    assert _same(_weights(model), drawn_here)
+    # The per-step stream is another stream than the shipped teacher's shared one.
+    shared, _ = train_teacher(dataclasses.replace(TINY, step_seeds=False))
+    assert not _same(_weights(shared), drawn_here)
+
+
+def test_a_stopped_run_with_workers_resumes_to_the_same_weights(tmp_path, monkeypatch, drawn_here):
+    original = teacher_module.sequence_loss
+    calls = {"n": 0}
+
+    def stop_in_vqa_step_3(*args, **kwargs):  # letter drill: 2 calls, then VQA steps
+        calls["n"] += 1
+        if calls["n"] == 2 + 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher_module, "sequence_loss", stop_in_vqa_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1, data_workers=2)
+    model, _ = train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1, data_workers=2)
+    assert _same(_weights(model), drawn_here)
+
+
+def test_the_cli_asks_for_step_seeds_before_workers(capsys):
+    assert train_teacher_main(["--data-workers", "2"]) == 2
+    assert "--step-seeds" in capsys.readouterr().err
+    assert train_teacher_main(["--data-workers", "-1", "--step-seeds"]) == 2
+    assert ">= 0" in capsys.readouterr().err
