@@ -179,8 +179,11 @@ def vqa_session(
     cfg: VLMConfig,
     spec: ImageSpec,
     mix: SessionMix,
+    ask=session_question,
 ) -> TrainingSequence:
-    """A fresh scene and up to `mix.turns` questions about it; the image sits in the first turn only."""
+    """A fresh scene and up to `mix.turns` questions about it; the image sits in the first turn only.
+
+    ``ask(scene, rng, mix, first)`` picks each turn's question (None: the scene cannot support it)."""
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     letters = letter_token_ids(tokenizer)
     while True:
@@ -191,7 +194,7 @@ def vqa_session(
         for _ in range(4 * mix.turns):  # a scene cannot support every question kind: retry a few times
             if answered == mix.turns:
                 break
-            question = session_question(scene, rng, mix, first=not ids)
+            question = ask(scene, rng, mix, first=not ids)
             if question is None:
                 continue
             image_string = ""

@@ -86,7 +86,7 @@ def init_for_scratch_training(model: VisionLanguageModel) -> None:
         model.vision_encoder.embeddings.position_embedding.weight.normal_(0.0, 0.02)
 
 
-def _decoder_stage(
+def train_decoder_stage(
     model: VisionLanguageModel,
     name: str,
     steps: int,
@@ -223,7 +223,9 @@ def train_teacher(
                 pad_id=tokenizer.pad_token_id,
             )
             batches = StepBatches(make, rng, _stream_prefix(config, LETTER_STAGE))
-            _decoder_stage(model, LETTER_STAGE, config.letter_steps, batches, config, state, data_workers)
+            train_decoder_stage(
+                model, LETTER_STAGE, config.letter_steps, batches, config, state, data_workers
+            )
 
     def score(done: int) -> None:
         if evaluate is None or not eval_every or (done % eval_every and done != config.vqa_steps):
@@ -237,7 +239,7 @@ def train_teacher(
     if not state.is_done(VQA_STAGE):
         make = partial(_vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=model.image_spec, config=config)
         batches = StepBatches(make, rng, _stream_prefix(config, VQA_STAGE))
-        _decoder_stage(model, VQA_STAGE, config.vqa_steps, batches, config, state, data_workers, score)
+        train_decoder_stage(model, VQA_STAGE, config.vqa_steps, batches, config, state, data_workers, score)
     model.to("cpu")
     logger.info("demo teacher trained in %.1f min in all (saved runs included)", state.seconds / 60)
     if out_dir is not None:

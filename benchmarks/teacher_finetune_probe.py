@@ -1,0 +1,262 @@
+"""From a trained demo teacher, which form of a skill does its decoder learn? (issue 14)
+
+`python -m benchmarks.teacher_finetune_probe --init out/teacher --target quadrant --steps 300 --threads 2`
+
+Spatial questions stay at chance in every teacher so far, and counting near 0.3. Retraining a teacher
+with a changed world costs an hour of CPU per try; this probe costs minutes. It starts from a trained
+teacher, whose ViT already sees and whose decoder already answers MCQs with letters, and trains VQA
+sessions (`vlm.demo.sessions.vqa_session`) in which each turn asks the target form with probability
+``share``; the other turns are the teacher's own mix, as rehearsal. Before training and every
+``eval_every`` steps it scores the target form on held-out MCQs (answers balanced, so text alone scores
+25%), and the first 500 demo validation MCQs (to see forgetting). Targets compared at equal steps from
+the same teacher say which form this decoder can learn, before the world changes.
+
+Targets:
+
+- ``spatial``: the dataset's "Where is the A relative to the B?" (two objects; left/right/above/below);
+- ``quadrant``: "Where is the A?" with the choices top left / top right / bottom left / bottom right (one
+  object, asked only when its centre is at least `QUADRANT_MARGIN` px from both mid-lines);
+- ``count``: the dataset's "How many red objects are there?" (0-4, windows of four numbers);
+- ``total``: "How many objects are there?" with the choices three to six (no binding to a colour or shape).
+
+Results go to ``benchmarks/results/teacher_finetune_<target>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from functools import partial
+from pathlib import Path
+
+from vlm.cli import UsageError, make_parser, run
+
+logger = logging.getLogger(__name__)
+
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+QUADRANT_MARGIN = 6  # px between an object's centre and the mid-lines, so its quadrant is clear
+Q_TOTAL = "How many objects are there?"
+TOTAL_ANSWERS = ("three", "four", "five", "six")
+TARGETS = ("spatial", "quadrant", "count", "total")
+
+
+def quadrant_of(scene, obj) -> str | None:
+    """The object's quadrant, or None when its centre lies within `QUADRANT_MARGIN` px of a mid-line."""
+    dx, dy = obj.cx + 0.5 - scene.width / 2, obj.cy + 0.5 - scene.height / 2
+    if min(abs(dx), abs(dy)) < QUADRANT_MARGIN:
+        return None
+    return f"{'top' if dy < 0 else 'bottom'} {'left' if dx < 0 else 'right'}"
+
+
+def _four_choices(rng: random.Random, kind: str, question: str, answer: str, choices: tuple[str, ...]):
+    from vlm.demo.scenes import Question
+
+    shuffled = list(choices)
+    rng.shuffle(shuffled)
+    return Question(question, shuffled, shuffled.index(answer), [answer] * 10, False, [], kind)
+
+
+def quadrant_question(scene, rng: random.Random, answer: str | None = None):
+    """'Where is the red circle?' about a uniquely described object (in quadrant ``answer`` if given)."""
+    from vlm.demo.scenes import Q_LOCATION, unique_by
+
+    unique = unique_by(scene.objects, lambda o: o.descriptor)
+    fits = [(d, q) for d, o in sorted(unique.items()) if (q := quadrant_of(scene, o)) is not None]
+    fits = [(d, q) for d, q in fits if answer is None or q == answer]
+    if not fits:
+        return None
+    descriptor, quadrant = rng.choice(fits)
+    return _four_choices(rng, "quadrant", Q_LOCATION.format(what=descriptor), quadrant, QUADRANTS)
+
+
+def total_question(scene, rng: random.Random, answer: str | None = None):
+    """'How many objects are there?' with the choices three to six."""
+    from vlm.demo.scenes import NUMBER_WORDS
+
+    total = NUMBER_WORDS[len(scene.objects)]
+    if answer is not None and total != answer:
+        return None
+    return _four_choices(rng, "total", Q_TOTAL, total, TOTAL_ANSWERS)
+
+
+def target_question(target: str, scene, rng: random.Random, answer: str | None = None):
+    """One question of ``target`` about ``scene`` (None when the scene cannot support it); ``answer``
+    (the new forms only) asks for that answer, so held-out answers can be balanced by redrawing scenes."""
+    from vlm.demo.scenes import make_question
+
+    if target == "quadrant":
+        return quadrant_question(scene, rng, answer)
+    if target == "total":
+        return total_question(scene, rng, answer)
+    return make_question(scene, rng, kind=target)
+
+
+def held_out(target: str, n: int, seed: int = 99):
+    """``n`` MCQs of ``target`` on fresh scenes, as `vlm.data.VQAExample`s. Answers of the new forms are
+    drawn first (uniform over the four choices) and scenes redrawn until one supports them; the dataset's
+    kinds come balanced from `draw_plan`."""
+    from vlm.data import VQAExample
+    from vlm.demo.scenes import draw_plan, make_question, render_scene, sample_scene
+
+    rng = random.Random(f"finetune-probe/{target}/{seed}")
+    examples = []
+    while len(examples) < n:
+        if target in ("quadrant", "total"):
+            answer = rng.choice(QUADRANTS if target == "quadrant" else TOTAL_ANSWERS)
+            ask = partial(target_question, target, answer=answer)
+        else:
+            plan = draw_plan(rng, target)
+            ask = partial(make_question, plan=plan)
+        for _ in range(500):
+            scene = sample_scene(rng)
+            question = ask(scene, rng)
+            if question is not None:
+                break
+        else:
+            raise RuntimeError(f"no scene supported a {target} question in 500 draws")
+        examples.append(
+            VQAExample(
+                f"{target}_{len(examples)}",
+                render_scene(scene),
+                question.question,
+                question.choices,
+                question.correct_choice_idx,
+                question.direct_answers,
+            )
+        )
+    return examples
+
+
+def _ask(scene, rng: random.Random, mix, first: bool, *, target: str, share: float):
+    from vlm.demo.sessions import session_question
+
+    if rng.random() < share:
+        if target in ("quadrant", "total"):
+            question = target_question(target, scene, rng)
+        else:  # the dataset's kinds as the teacher's sessions ask them (count answers balanced)
+            only = dataclasses.replace(mix, kinds=(target,), caption_fraction=0.0, location_fraction=0.0)
+            question = session_question(scene, rng, only, first=False)
+        if question is not None:
+            return question
+    return session_question(scene, rng, mix, first)
+
+
+def _batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, mix, size: int, ask) -> dict:
+    from vlm.demo.sessions import vqa_session
+    from vlm.supervised import collate_sequences
+
+    sessions = [vqa_session(rng, tokenizer, cfg, spec, mix, ask=ask) for _ in range(size)]
+    return collate_sequences(sessions, tokenizer.pad_token_id)
+
+
+def _parser():
+    parser = make_parser("benchmarks.teacher_finetune_probe", __doc__.split("\n\n")[0])
+    parser.add_argument("--init", type=Path, required=True, help="trained teacher checkpoint to start from")
+    parser.add_argument("--target", choices=TARGETS, required=True)
+    parser.add_argument("--share", type=float, default=0.5, help="chance that a turn asks the target form")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=2e-4, help="peak lr (20 warm-up steps, cosine to 0.1x)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sessions (images) per step")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-questions", type=int, default=200, help="held-out target questions")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def _main(args) -> int:
+    import torch
+
+    from vlm.checkpoint import load_pretrained
+    from vlm.data import DataConfig, load_examples
+    from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset, question_kinds
+    from vlm.demo.recipe import SessionMix, TeacherTrainConfig
+    from vlm.demo.step_batches import StepBatches
+    from vlm.demo.teacher import build_demo_tokenizer, train_decoder_stage
+    from vlm.demo.train_teacher import accuracy_by_kind
+    from vlm.demo.training_state import TrainingState
+    from vlm.evaluate import EvalConfig, evaluate_mcq
+    from vlm.paths import cache_dir
+
+    if not 0 < args.share <= 1 or args.steps < 1 or args.eval_every < 1:
+        raise UsageError("--share must be in (0, 1], --steps and --eval-every >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_pretrained(args.init)
+    tokenizer = build_demo_tokenizer()
+    data_config = DemoDataConfig()
+    val, _ = load_examples(
+        DataConfig(source=str(ensure_demo_dataset(data_config, cache_dir())), split="validation")
+    )
+    val = val[:500]
+    kinds = question_kinds(data_config, "validation")
+    correct = {e.question_id: e.correct_choice_idx for e in val}
+    target_set = held_out(args.target, args.eval_questions)
+    eval_config = EvalConfig(batch_size=64, show_progress=False)
+    curve = []
+
+    def score(done: int) -> None:
+        if done % args.eval_every and done != args.steps:
+            return
+        model.eval()
+        target = evaluate_mcq(model, tokenizer, target_set, eval_config)
+        validation = evaluate_mcq(model, tokenizer, val, eval_config)
+        model.train()
+        point = {
+            "step": done,
+            "target": round(target.accuracy, 4),
+            "validation": round(validation.accuracy, 4),
+            "validation_by_kind": accuracy_by_kind(validation, kinds, correct),
+        }
+        curve.append(point)
+        logger.info("%s", point)
+
+    config = dataclasses.replace(
+        TeacherTrainConfig(), lr=args.lr, warmup_steps=20, batch_size=args.batch_size, seed=args.seed
+    )
+    mix = SessionMix()
+    ask = partial(_ask, target=args.target, share=args.share)
+    make = partial(
+        _batch,
+        tokenizer=tokenizer,
+        cfg=model.cfg,
+        spec=model.image_spec,
+        mix=mix,
+        size=args.batch_size,
+        ask=ask,
+    )
+    start = time.time()
+    score(0)
+    batches = StepBatches(make, random.Random(f"finetune-probe/train/{args.seed}"), None)
+    train_decoder_stage(
+        model, "finetune", args.steps, batches, config, TrainingState(None, {}), after_step=score
+    )
+    result = {
+        "init": str(args.init),
+        "target": args.target,
+        "share": args.share,
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "eval_questions": args.eval_questions,
+        "seconds": round(time.time() - start, 1),
+        "threads": torch.get_num_threads(),
+        "curve": curve,
+    }
+    out = args.out or Path("benchmarks/results") / f"teacher_finetune_{args.target}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_main, _parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The fine-tune probe's new question forms: right by construction, balanced, and refused where unclear."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+from benchmarks.teacher_finetune_probe import (
+    QUADRANTS,
+    TOTAL_ANSWERS,
+    held_out,
+    quadrant_of,
+    quadrant_question,
+    total_question,
+)
+from vlm.demo.scenes import Scene, SceneObject, sample_scene
+
+
+def _scene(*objects: SceneObject) -> Scene:
+    return Scene(objects=list(objects))
+
+
+def test_quadrants_follow_the_centre_and_skip_objects_near_a_mid_line():
+    top_left = SceneObject("circle", "red", "small", 10, 5, 6, 6)
+    bottom_right = SceneObject("square", "blue", "large", 90, 40, 16, 16)
+    near_middle = SceneObject("cross", "green", "small", 64 - 3, 5, 6, 6)  # centre on the vertical mid-line
+    scene = _scene(top_left, bottom_right, near_middle)
+    assert quadrant_of(scene, top_left) == "top left"
+    assert quadrant_of(scene, bottom_right) == "bottom right"
+    assert quadrant_of(scene, near_middle) is None
+    rng = random.Random(0)
+    for _ in range(20):
+        question = quadrant_question(scene, rng)
+        assert "green cross" not in question.question  # never asked about an object on a mid-line
+        assert sorted(question.choices) == sorted(QUADRANTS)
+
+
+def test_held_out_questions_are_answered_right_and_balanced():
+    examples = held_out("quadrant", 200)
+    answers = collections.Counter(e.choices[e.correct_choice_idx] for e in examples)
+    assert set(answers) == set(QUADRANTS) and min(answers.values()) >= 30  # uniform would be 50 each
+    totals = held_out("total", 40)
+    assert {e.choices[e.correct_choice_idx] for e in totals} <= set(TOTAL_ANSWERS)
+
+
+def test_total_counts_every_object():
+    rng = random.Random(1)
+    for _ in range(20):
+        scene = sample_scene(rng)
+        question = total_question(scene, rng)
+        assert question.answer == TOTAL_ANSWERS[len(scene.objects) - 3]
