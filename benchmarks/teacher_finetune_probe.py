@@ -6,7 +6,9 @@ Spatial questions stay at chance in every teacher so far, and counting near 0.3.
 with a changed world costs an hour of CPU per try; this probe costs minutes. It starts from a trained
 teacher, whose ViT already sees and whose decoder already answers MCQs with letters, and trains VQA
 sessions (`vlm.demo.sessions.vqa_session`) in which each turn asks the target form with probability
-``share``; the other turns are the teacher's own mix, as rehearsal. Before training and every
+``share`` (where the scene supports it; the share actually asked is in the results); the other turns are
+the default `SessionMix` without its location turns ("Where is the X?" answered by thirds, which would
+contradict the quadrant form), as rehearsal. Before training and every
 ``eval_every`` steps it scores the target form on held-out MCQs (answers balanced, so text alone scores
 25%), and the first 500 demo validation MCQs (to see forgetting). Targets compared at equal steps from
 the same teacher say which form this decoder can learn, before the world changes.
@@ -15,9 +17,12 @@ Targets:
 
 - ``spatial``: the dataset's "Where is the A relative to the B?" (two objects; left/right/above/below);
 - ``quadrant``: "Where is the A?" with the choices top left / top right / bottom left / bottom right (one
-  object, asked only when its centre is at least `QUADRANT_MARGIN` px from both mid-lines);
+  object, asked only when its centre is at least `QUADRANT_MARGIN` px from both mid-lines; a large object
+  may still cross one). The vertical mid-line is the border between the two 64-px crops, so left / right
+  can also be read from which crop holds the object: an easier cue than the spatial kind has;
 - ``count``: the dataset's "How many red objects are there?" (0-4, windows of four numbers);
-- ``total``: "How many objects are there?" with the choices three to six (no binding to a colour or shape).
+- ``total``: "How many objects are there?" with the choices three to six (no binding to a colour or shape;
+  training answers follow the scenes, where six objects are rarer; held-out answers are balanced).
 
 Results go to ``benchmarks/results/teacher_finetune_<target>.json`` (or ``--out``).
 """
@@ -130,18 +135,28 @@ def held_out(target: str, n: int, seed: int = 99):
     return examples
 
 
-def _ask(scene, rng: random.Random, mix, first: bool, *, target: str, share: float):
+def _ask(scene, rng: random.Random, mix, first: bool, *, target: str, share: float, asked: list[int]):
+    """A turn's question: the target with probability ``share`` if the scene supports it, else the mix's.
+    ``asked`` counts [target turns, all turns]."""
     from vlm.demo.sessions import session_question
 
-    if rng.random() < share:
-        if target in ("quadrant", "total"):
-            question = target_question(target, scene, rng)
-        else:  # the dataset's kinds as the teacher's sessions ask them (count answers balanced)
-            only = dataclasses.replace(mix, kinds=(target,), caption_fraction=0.0, location_fraction=0.0)
-            question = session_question(scene, rng, only, first=False)
-        if question is not None:
-            return question
-    return session_question(scene, rng, mix, first)
+    question = _target_turn(scene, rng, mix, target) if rng.random() < share else None
+    if question is not None:
+        asked[0] += 1
+    else:
+        question = session_question(scene, rng, mix, first)
+    asked[1] += question is not None
+    return question
+
+
+def _target_turn(scene, rng: random.Random, mix, target: str):
+    from vlm.demo.sessions import session_question
+
+    if target in ("quadrant", "total"):
+        return target_question(target, scene, rng)
+    # The dataset's kinds as the teacher's sessions ask them (count answers balanced).
+    only = dataclasses.replace(mix, kinds=(target,), caption_fraction=0.0, location_fraction=0.0)
+    return session_question(scene, rng, only, first=False)
 
 
 def _batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, mix, size: int, ask) -> dict:
@@ -218,8 +233,9 @@ def _main(args) -> int:
     config = dataclasses.replace(
         TeacherTrainConfig(), lr=args.lr, warmup_steps=20, batch_size=args.batch_size, seed=args.seed
     )
-    mix = SessionMix()
-    ask = partial(_ask, target=args.target, share=args.share)
+    mix = SessionMix(location_fraction=0.0)
+    asked = [0, 0]
+    ask = partial(_ask, target=args.target, share=args.share, asked=asked)
     make = partial(
         _batch,
         tokenizer=tokenizer,
@@ -243,6 +259,9 @@ def _main(args) -> int:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "eval_questions": args.eval_questions,
+        "eval_every": args.eval_every,
+        "seed": args.seed,
+        "target_turn_share": round(asked[0] / max(asked[1], 1), 4),
         "seconds": round(time.time() - start, 1),
         "threads": torch.get_num_threads(),
         "curve": curve,

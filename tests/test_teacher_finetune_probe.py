@@ -35,7 +35,22 @@ def test_quadrants_follow_the_centre_and_skip_objects_near_a_mid_line():
         assert sorted(question.choices) == sorted(QUADRANTS)
 
 
+def test_the_quadrant_margin_is_measured_from_the_centre():
+    scene = _scene()
+    # Centre x + 0.5 = x + 3.5 for a 6-px box: 6 px left of the mid-line (64) is kept, 5 px is not.
+    assert quadrant_of(scene, SceneObject("circle", "red", "small", 64 - 6 - 3, 5, 6, 6)) == "top left"
+    assert quadrant_of(scene, SceneObject("circle", "red", "small", 64 - 5 - 3, 5, 6, 6)) is None
+
+
 def test_held_out_questions_are_answered_right_and_balanced():
+    rng = random.Random(2)
+    for _ in range(50):  # the answer is the quadrant of the object the question names
+        scene = sample_scene(rng)
+        question = quadrant_question(scene, rng)
+        if question is not None:
+            named = question.question.removeprefix("Where is the ").removesuffix("?")
+            (obj,) = [o for o in scene.objects if o.descriptor == named]
+            assert quadrant_of(scene, obj) == question.answer
     examples = held_out("quadrant", 200)
     answers = collections.Counter(e.choices[e.correct_choice_idx] for e in examples)
     assert set(answers) == set(QUADRANTS) and min(answers.values()) >= 30  # uniform would be 50 each

@@ -51,9 +51,9 @@ class TeacherTrainConfig:
     # (presence first taught the text-scene probe's decoder the MCQ letter: docs/symbolic_scene_probe.md).
     first_kinds: tuple[str, ...] = ()
     first_steps: int = 0
-    # Each step's scenes from their own seed ("teacher/{seed}/{stage}/{step}") instead of one stream drawn in
-    # order: lets `--data-workers` draw batches in parallel (a GPU waits on them otherwise), but the scenes
-    # differ from the shipped teacher's stream.
+    # Each step's scenes from their own seed (per stage and step, `vlm.demo.step_batches`) instead of one
+    # stream drawn in order: lets `--data-workers` draw batches in parallel (a GPU waits on them otherwise),
+    # but the scenes differ from the shipped teacher's stream.
     step_seeds: bool = False
     lr: float = 4e-4  # decoder stages; 1.5e-3 kept a 96-wide decoder from ever learning the letter mapping
     min_lr_ratio: float = 0.1

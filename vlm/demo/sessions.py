@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 
 from vlm.config import ImageSpec, VLMConfig
 from vlm.demo.recipe import SessionMix
@@ -179,7 +180,7 @@ def vqa_session(
     cfg: VLMConfig,
     spec: ImageSpec,
     mix: SessionMix,
-    ask=session_question,
+    ask: Callable[[Scene, random.Random, SessionMix, bool], Question | None] = session_question,
 ) -> TrainingSequence:
     """A fresh scene and up to `mix.turns` questions about it; the image sits in the first turn only.
 

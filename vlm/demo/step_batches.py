@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -40,20 +41,29 @@ class SharedStreamError(ValueError):
     """Workers were asked to draw from the shared stream, which only the training process can draw."""
 
 
-def iterate(batches: StepBatches, first: int, steps: int, workers: int = 0) -> Iterator:
-    """Batches ``first``..``steps - 1`` in order, drawn here (``workers`` 0) or by worker processes."""
+def iterate(batches: StepBatches, first: int, stop: int, workers: int = 0) -> Iterator:
+    """Batches of steps ``first`` to ``stop - 1`` in order, drawn here (``workers`` 0) or by worker
+    processes."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers == 0:
-        for step in range(first, steps):
+        for step in range(first, stop):
             yield batches[step]
         return
     if batches.prefix is None:
         raise SharedStreamError(
             "data workers need per-step seeds: the shared scene stream is drawn in step order by the "
-            "training process (pass --step-seeds, or --data-workers 0)"
+            "training process"
         )
-    # batch_size=None: each index is already a whole batch. Workers return batches in sampler order.
+    # batch_size=None: each index is already a whole batch; workers hand them back in sampler order.
+    # The loader's own generator: it would otherwise take a draw from torch's global RNG, which then
+    # differs with and without workers. Two batches ahead per worker keeps shared memory small (a vision
+    # batch is ~5 MB; containers often have 64 MB of /dev/shm).
     yield from DataLoader(
-        batches, batch_size=None, sampler=range(first, steps), num_workers=workers, prefetch_factor=4
+        batches,
+        batch_size=None,
+        sampler=range(first, stop),
+        num_workers=workers,
+        prefetch_factor=2,
+        generator=torch.Generator().manual_seed(0),
     )

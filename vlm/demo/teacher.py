@@ -265,5 +265,6 @@ __all__ = [
     "TeacherTrainConfig",
     "build_demo_tokenizer",
     "demo_vlm_config",
+    "train_decoder_stage",
     "train_teacher",
 ]

@@ -51,7 +51,7 @@ def test_the_shared_stream_is_drawn_in_order_and_refuses_workers():
     expected = random.Random(0)
     assert first[1:].tolist() == [expected.random() for _ in range(3)]
     assert second[1:].tolist() == [expected.random() for _ in range(3)]
-    with pytest.raises(SharedStreamError, match="--step-seeds"):
+    with pytest.raises(SharedStreamError, match="per-step seeds"):
         list(iterate(batches, 0, 2, workers=1))
 
 
@@ -69,30 +69,83 @@ def drawn_here():
     return _weights(model)
 
 
-def test_the_teacher_trains_to_the_same_weights_with_workers(drawn_here):
+def test_the_teacher_trains_to_the_same_weights_with_workers(drawn_here, monkeypatch):
+    import vlm.demo.step_batches as step_batches_module
+    import vlm.demo.vision_pretrain as vision_module
+
+    workers_seen = []
+    original = step_batches_module.iterate
+
+    def spy(batches, first, stop, workers=0):
+        workers_seen.append(workers)
+        return original(batches, first, stop, workers)
+
+    monkeypatch.setattr(teacher_module, "iterate", spy)
+    monkeypatch.setattr(vision_module, "iterate", spy)
     model, _ = train_teacher(TINY, data_workers=2)
+    assert workers_seen == [2, 2, 2]  # vision, letter drill and VQA stages all drawn by the workers
     assert _same(_weights(model), drawn_here)
     # The per-step stream is another stream than the shipped teacher's shared one.
     shared, _ = train_teacher(dataclasses.replace(TINY, step_seeds=False))
     assert not _same(_weights(shared), drawn_here)
 
 
-def test_a_stopped_run_with_workers_resumes_to_the_same_weights(tmp_path, monkeypatch, drawn_here):
-    original = teacher_module.sequence_loss
+@pytest.mark.parametrize(
+    ("owner", "name", "call"),
+    [
+        ("vision", "loss", 2),  # vision pre-training's 2nd step
+        ("teacher", "sequence_loss", 2 + 3),  # letter drill: 2 calls, then the 3rd VQA step
+    ],
+    ids=["vision", "vqa"],
+)
+def test_a_stopped_run_with_workers_resumes_to_the_same_weights(
+    tmp_path, monkeypatch, drawn_here, owner, name, call
+):
+    from vlm.demo.vision_pretrain import PatchHeads
+
+    target = PatchHeads if owner == "vision" else teacher_module
+    original = getattr(target, name)
     calls = {"n": 0}
 
-    def stop_in_vqa_step_3(*args, **kwargs):  # letter drill: 2 calls, then VQA steps
+    def stop(*args, **kwargs):  # runs in the training process: the workers only draw batches
         calls["n"] += 1
-        if calls["n"] == 2 + 3:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(teacher_module, "sequence_loss", stop_in_vqa_step_3)
+        patch.setattr(target, name, stop)
         with pytest.raises(KeyboardInterrupt):
             train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1, data_workers=2)
     model, _ = train_teacher(TINY, work_dir=tmp_path, checkpoint_every=1, data_workers=2)
     assert _same(_weights(model), drawn_here)
+
+
+def test_the_shared_stream_draws_what_the_sessions_drew_before():
+    """The default stream is the shipped teacher's: batch after batch from one generator, the kind
+    curriculum in its first steps, exactly as plain `vqa_session` calls draw them."""
+    from functools import partial
+
+    from vlm.demo.sessions import vqa_session
+    from vlm.demo.teacher import _vqa_batch, build_demo_tokenizer, demo_vlm_config
+    from vlm.model import VisionLanguageModel
+    from vlm.supervised import collate_sequences
+    from vlm.tokenizer import special_token_ids
+
+    config = dataclasses.replace(TINY, step_seeds=False)
+    tokenizer = build_demo_tokenizer()
+    cfg = demo_vlm_config(len(tokenizer))
+    spec = VisionLanguageModel(cfg, special_token_ids(tokenizer, cfg)["image_token"]).image_spec
+    make = partial(_vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=spec, config=config)
+    drawn = list(iterate(StepBatches(make, random.Random(5), None), 0, 4))
+    rng = random.Random(5)
+    for step, batch in enumerate(drawn):
+        kinds = config.first_kinds if step < config.first_steps else ()
+        mix = dataclasses.replace(config.session, kinds=kinds)
+        sessions = [vqa_session(rng, tokenizer, cfg, spec, mix) for _ in range(config.batch_size)]
+        expected = collate_sequences(sessions, tokenizer.pad_token_id)
+        assert torch.equal(batch["input_ids"], expected["input_ids"])
+        assert torch.equal(batch["images"], expected["images"])
 
 
 def test_the_cli_asks_for_step_seeds_before_workers(capsys):
