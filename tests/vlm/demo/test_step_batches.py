@@ -10,23 +10,12 @@ import pytest
 import torch
 
 import vlm.demo.teacher as teacher_module
-from vlm.demo.recipe import SessionMix, TeacherTrainConfig
+from tests.vlm.demo.tiny_recipe import TINY as TINY_RECIPE
 from vlm.demo.step_batches import SharedStreamError, StepBatches, iterate
 from vlm.demo.teacher import train_teacher
 from vlm.demo.train_teacher import main as train_teacher_main
 
-TINY = TeacherTrainConfig(
-    vision_steps=3,
-    letter_steps=2,
-    letter_batch_size=4,
-    vqa_steps=4,
-    batch_size=2,
-    session=SessionMix(turns=2),
-    warmup_steps=1,
-    first_kinds=("presence",),
-    first_steps=2,
-    step_seeds=True,
-)
+TINY = dataclasses.replace(TINY_RECIPE, step_seeds=True)
 
 
 def _draws(rng: random.Random, step: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 
 import vlm.demo.teacher as teacher_module
 import vlm.demo.vision_pretrain as vision_module
+from tests.vlm.demo.tiny_recipe import TINY
 from vlm.checkpoint import EXTRAS_FILE
 from vlm.cli import UsageError
 from vlm.demo.recipe import SessionMix, TeacherTrainConfig
@@ -23,18 +24,6 @@ from vlm.demo.train_teacher import main as train_teacher_main
 from vlm.demo.training_state import STATE_FILE, RecipeMismatchError, TrainingState
 from vlm.model import VisionLanguageModel
 from vlm.tokenizer import special_token_ids
-
-TINY = TeacherTrainConfig(
-    vision_steps=3,
-    letter_steps=2,
-    letter_batch_size=4,
-    vqa_steps=4,
-    batch_size=2,
-    session=SessionMix(turns=2),
-    warmup_steps=1,
-    first_kinds=("presence",),
-    first_steps=2,
-)
 
 
 def _stop_on_call(monkeypatch, module, name: str, call: int) -> None:
