@@ -135,16 +135,38 @@ def held_out(target: str, n: int, seed: int = 99):
     return examples
 
 
-def _ask(scene, rng: random.Random, mix, first: bool, *, target: str, share: float, asked: list[int]):
-    """A turn's question: the target with probability ``share`` if the scene supports it, else the mix's.
-    ``asked`` counts [target turns, all turns]."""
-    from vlm.demo.sessions import session_question
+def region_caption(scene):
+    """The caption turn with each object's region: 'small red circle top left , large blue square right'."""
+    from vlm.demo.scenes import Q_CAPTION, Question, region_of
+    from vlm.demo.sessions import CAPTION_KIND
+
+    ordered = sorted(scene.objects, key=lambda o: (o.cx, o.cy))
+    answer = " , ".join(f"{o.size_name} {o.descriptor} {region_of(scene, o)}" for o in ordered)
+    return Question(Q_CAPTION, [answer], 0, [answer] * 10, False, [], CAPTION_KIND)
+
+
+def _ask(
+    scene,
+    rng: random.Random,
+    mix,
+    first: bool,
+    *,
+    target: str,
+    share: float,
+    asked: list[int],
+    caption_regions: bool = False,
+):
+    """A turn's question: the target with probability ``share`` if the scene supports it, else the mix's
+    (captions with regions if ``caption_regions``). ``asked`` counts [target turns, all turns]."""
+    from vlm.demo.sessions import CAPTION_KIND, session_question
 
     question = _target_turn(scene, rng, mix, target) if rng.random() < share else None
     if question is not None:
         asked[0] += 1
     else:
         question = session_question(scene, rng, mix, first)
+        if caption_regions and question is not None and question.kind == CAPTION_KIND:
+            question = region_caption(scene)
     asked[1] += question is not None
     return question
 
@@ -172,6 +194,14 @@ def _parser():
     parser.add_argument("--init", type=Path, required=True, help="trained teacher checkpoint to start from")
     parser.add_argument("--target", choices=TARGETS, required=True)
     parser.add_argument("--share", type=float, default=0.5, help="chance that a turn asks the target form")
+    parser.add_argument(
+        "--caption-regions",
+        action="store_true",
+        help="caption turns also say where each object is (dense supervision of position)",
+    )
+    parser.add_argument(
+        "--caption-fraction", type=float, default=0.5, help="sessions whose first turn is the caption"
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-4, help="peak lr (20 warm-up steps, cosine to 0.1x)")
     parser.add_argument("--batch-size", type=int, default=16, help="sessions (images) per step")
@@ -233,9 +263,11 @@ def _main(args) -> int:
     config = dataclasses.replace(
         TeacherTrainConfig(), lr=args.lr, warmup_steps=20, batch_size=args.batch_size, seed=args.seed
     )
-    mix = SessionMix(location_fraction=0.0)
+    mix = SessionMix(location_fraction=0.0, caption_fraction=args.caption_fraction)
     asked = [0, 0]
-    ask = partial(_ask, target=args.target, share=args.share, asked=asked)
+    ask = partial(
+        _ask, target=args.target, share=args.share, asked=asked, caption_regions=args.caption_regions
+    )
     make = partial(
         _batch,
         tokenizer=tokenizer,
@@ -255,6 +287,8 @@ def _main(args) -> int:
         "init": str(args.init),
         "target": args.target,
         "share": args.share,
+        "caption_regions": args.caption_regions,
+        "caption_fraction": args.caption_fraction,
         "steps": args.steps,
         "lr": args.lr,
         "batch_size": args.batch_size,

@@ -11,6 +11,7 @@ from benchmarks.teacher_finetune_probe import (
     held_out,
     quadrant_of,
     quadrant_question,
+    region_caption,
     total_question,
 )
 from vlm.demo.scenes import Scene, SceneObject, sample_scene
@@ -64,3 +65,11 @@ def test_total_counts_every_object():
         scene = sample_scene(rng)
         question = total_question(scene, rng)
         assert question.answer == TOTAL_ANSWERS[len(scene.objects) - 3]
+
+
+def test_the_region_caption_names_every_object_with_its_region_left_to_right():
+    scene = _scene(
+        SceneObject("square", "blue", "large", 90, 40, 16, 16),
+        SceneObject("circle", "red", "small", 10, 5, 6, 6),
+    )
+    assert region_caption(scene).answer == "small red circle top left , large blue square bottom right"
