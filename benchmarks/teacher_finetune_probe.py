@@ -87,16 +87,8 @@ def total_question(scene, rng: random.Random, answer: str | None = None):
     return _four_choices(rng, "total", Q_TOTAL, total, TOTAL_ANSWERS)
 
 
-def target_question(target: str, scene, rng: random.Random, answer: str | None = None):
-    """One question of ``target`` about ``scene`` (None when the scene cannot support it); ``answer``
-    (the new forms only) asks for that answer, so held-out answers can be balanced by redrawing scenes."""
-    from vlm.demo.scenes import make_question
-
-    if target == "quadrant":
-        return quadrant_question(scene, rng, answer)
-    if target == "total":
-        return total_question(scene, rng, answer)
-    return make_question(scene, rng, kind=target)
+# The probe's own forms: question maker (scene, rng, answer=None) and the four answers it chooses from.
+NEW_FORMS = {"quadrant": (quadrant_question, QUADRANTS), "total": (total_question, TOTAL_ANSWERS)}
 
 
 def held_out(target: str, n: int, seed: int = 99):
@@ -109,9 +101,9 @@ def held_out(target: str, n: int, seed: int = 99):
     rng = random.Random(f"finetune-probe/{target}/{seed}")
     examples = []
     while len(examples) < n:
-        if target in ("quadrant", "total"):
-            answer = rng.choice(QUADRANTS if target == "quadrant" else TOTAL_ANSWERS)
-            ask = partial(target_question, target, answer=answer)
+        if target in NEW_FORMS:
+            make, answers = NEW_FORMS[target]
+            ask = partial(make, answer=rng.choice(answers))
         else:
             plan = draw_plan(rng, target)
             ask = partial(make_question, plan=plan)
@@ -174,8 +166,8 @@ def _ask(
 def _target_turn(scene, rng: random.Random, mix, target: str):
     from vlm.demo.sessions import session_question
 
-    if target in ("quadrant", "total"):
-        return target_question(target, scene, rng)
+    if target in NEW_FORMS:
+        return NEW_FORMS[target][0](scene, rng)
     # The dataset's kinds as the teacher's sessions ask them (count answers balanced).
     only = dataclasses.replace(mix, kinds=(target,), caption_fraction=0.0, location_fraction=0.0)
     return session_question(scene, rng, only, first=False)

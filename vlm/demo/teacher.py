@@ -140,8 +140,9 @@ def train_decoder_stage(
     return running
 
 
-def _letter_batch(rng: random.Random, step: int, *, tokenizer, size: int, pad_id: int) -> dict:
-    return collate_sequences([letter_mapping_prompt(rng, tokenizer) for _ in range(size)], pad_id)
+def _letter_batch(rng: random.Random, step: int, *, tokenizer, size: int) -> dict:
+    prompts = [letter_mapping_prompt(rng, tokenizer) for _ in range(size)]
+    return collate_sequences(prompts, tokenizer.pad_token_id)
 
 
 def _vqa_batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, config: TeacherTrainConfig) -> dict:
@@ -216,12 +217,7 @@ def train_teacher(
         if state.is_done(LETTER_STAGE):
             state.skip(LETTER_STAGE, rng)
         else:
-            make = partial(
-                _letter_batch,
-                tokenizer=tokenizer,
-                size=config.letter_batch_size,
-                pad_id=tokenizer.pad_token_id,
-            )
+            make = partial(_letter_batch, tokenizer=tokenizer, size=config.letter_batch_size)
             batches = StepBatches(make, rng, _stream_prefix(config, LETTER_STAGE))
             train_decoder_stage(
                 model, LETTER_STAGE, config.letter_steps, batches, config, state, data_workers
