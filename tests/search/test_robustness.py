@@ -55,34 +55,43 @@ def _wait_for_study(db, process, log, timeout: float = 60.0) -> optuna.storages.
     raise AssertionError(f"no study after {timeout} s:\n{log_tail(log)}")
 
 
+def _kill_during_a_trial(worker, storage, log) -> None:
+    """SIGKILL ``worker`` once 3 trials have finished and the running one has sampled every parameter:
+    killed mid-sampling, its retry would (rightly) sample the missing ones and the params comparison of
+    the test would race."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert worker.poll() is None, log_tail(log)
+        assert time.monotonic() < deadline, log_tail(log)
+        trials = _trials(storage)
+        finished = [t for t in trials if t.state in FINISHED]
+        n_params = max((len(t.params) for t in finished if t.state == TrialState.COMPLETE), default=0)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if len(finished) >= 3 and running and len(running[0].params) == n_params > 0:
+            break
+        time.sleep(0.2)
+    os.kill(worker.pid, signal.SIGKILL)
+
+
 def test_killed_worker_resumes_and_retries_its_trial(world, tmp_path):
     toml = world.toml(tmp_path)  # heartbeat_interval 1 s, grace_period 3 s
     db = tmp_path / "tiny.db"
     first_log = tmp_path / "first.log"
-    worker = spawn(toml, sqlite_url(db), 40, tmp_path, first_log)
-    try:
-        storage = _wait_for_study(db, worker, first_log)
-        deadline = time.monotonic() + 60
-        while True:
-            assert worker.poll() is None, log_tail(first_log)
-            assert time.monotonic() < deadline, log_tail(first_log)
-            trials = _trials(storage)
-            finished = [t for t in trials if t.state in FINISHED]
-            # Kill only once the running trial has sampled every parameter: killed mid-sampling, its
-            # retry would (rightly) sample the missing ones and the params comparison below would race.
-            n_params = max((len(t.params) for t in finished if t.state == TrialState.COMPLETE), default=0)
-            running = [t for t in trials if t.state == TrialState.RUNNING]
-            if len(finished) >= 3 and running and len(running[0].params) == n_params > 0:
-                break
-            time.sleep(0.2)
-        os.kill(worker.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.wait()
-
-    running = [t for t in _trials(storage) if t.state == TrialState.RUNNING]
+    # The running trial can finish between the last look and the kill; then no trial is left RUNNING and
+    # a new worker on the same study tries again (a tiny world's trial takes well under a second).
+    for _attempt in range(3):
+        worker = spawn(toml, sqlite_url(db), 40, tmp_path, first_log)
+        try:
+            storage = _wait_for_study(db, worker, first_log)
+            _kill_during_a_trial(worker, storage, first_log)
+            killed_at = time.monotonic()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+        running = [t for t in _trials(storage) if t.state == TrialState.RUNNING]
+        if running:
+            break
     assert len(running) == 1, "the kill should leave exactly one trial RUNNING"
     killed = running[0].number
     baseline = load(sqlite_url(db)).user_attrs["baseline"]
