@@ -3,10 +3,10 @@
 `python -m benchmarks.sensitivity [--teacher DIR] [--n 1000] [--out benchmarks/results/sensitivity.json]`
 prints accuracy (with its 95% interval), the exact paired (McNemar) p-value of its difference from the
 teacher on the same questions, and analytic FLOPs per question on the demo validation split for:
-the teacher, global view only, 4x4 and 2x2 tokens per view, half the view size, a quarter of the decoder
+the teacher, global view only, 6x6, 4x4 and 2x2 tokens per view, 3/4 and half the view size, a quarter of the decoder
 blocks dropped, a quarter of the encoder blocks dropped (least important first, as the search drops them),
 the token reducers (50% of the tokens kept by norm, 50% kept by a scorer after the demo study's warm-up,
-token merging at 4 and 8 tokens per encoder block), and the same questions with blank images.
+token merging at 4, 8 and 12 tokens per encoder block), and the same questions with blank images.
 `--only NAME [NAME ...]` evaluates just those rows (plus the teacher, which every row is compared with).
 """
 
@@ -36,8 +36,10 @@ def knob_configs(cfg, decoder_order, encoder_order) -> dict[str, CompressionConf
     return {
         "teacher": CompressionConfig(),
         "global view only": CompressionConfig(max_grid_side=1),
+        "token grid 6x6": CompressionConfig(token_grid=6),
         "token grid 4x4": CompressionConfig(token_grid=4),
         "token grid 2x2": CompressionConfig(token_grid=2),
+        "3/4 view size": CompressionConfig(view_size=cfg.vit_img_size * 3 // 4),
         "half view size": CompressionConfig(view_size=cfg.vit_img_size // 2),
         "1/4 decoder layers dropped": CompressionConfig(
             drop_decoder_layers=tuple(decoder_order[:quarter_dec])
@@ -49,6 +51,8 @@ def knob_configs(cfg, decoder_order, encoder_order) -> dict[str, CompressionConf
         "score prune 50% (warmed up)": CompressionConfig(keep_tokens_by_score=cfg.mp_image_token_length // 2),
         "merge r=4 per block": CompressionConfig(merge_per_block=4),
         "merge r=8 per block": CompressionConfig(merge_per_block=8),
+        # The demo-reducers study's largest r: 64 patches lose 48 of them over the 4 encoder blocks.
+        "merge r=12 per block": CompressionConfig(merge_per_block=12),
     }
 
 

@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--first-kinds",
-        nargs="+",
+        nargs="*",
         default=list(defaults.first_kinds),
         metavar="KIND",
-        help="kind curriculum: the first --first-steps VQA steps ask only these question kinds",
+        help="kind curriculum: the first --first-steps VQA steps ask only these question kinds (none "
+        "given: no curriculum, with --first-steps 0)",
     )
     parser.add_argument(
         "--first-steps", type=int, default=defaults.first_steps, help="VQA steps of the kind curriculum"
@@ -76,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--eval-every",
         type=int,
-        default=0,
-        help="score the VQA stage on the first --eval-questions validation MCQs every N steps (0: never)",
+        default=250,
+        help="score the VQA stage on the first --eval-questions validation MCQs every N steps (0: never; "
+        "it does not change the weights)",
     )
     parser.add_argument("--eval-questions", type=int, default=500, help="questions for --eval-every")
     parser.add_argument(
@@ -128,6 +130,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.eval_every < 0 or args.eval_questions < 1:
         raise UsageError("--eval-every must be >= 0 and --eval-questions >= 1")
+    if args.first_steps > args.vqa_steps:
+        raise UsageError(
+            f"--first-steps {args.first_steps} (the kind curriculum) is longer than --vqa-steps {args.vqa_steps}: "
+            f"pass --first-steps N with N <= {args.vqa_steps}, or `--first-kinds --first-steps 0` for none"
+        )
     if args.data_workers < 0:
         raise UsageError(f"--data-workers must be >= 0, got {args.data_workers}")
     if args.data_workers and not args.step_seeds:

@@ -96,7 +96,7 @@ def test_bad_curricula_are_refused():
     with pytest.raises(ValueError, match="unknown question kinds"):
         SessionMix(kinds=("colour",))
     with pytest.raises(ValueError, match="first_kinds exactly"):
-        TeacherTrainConfig(first_steps=10)
+        TeacherTrainConfig(first_kinds=(), first_steps=10)
     with pytest.raises(ValueError, match="first_steps must be"):
         TeacherTrainConfig(first_kinds=("presence",), first_steps=10_000)
 
@@ -106,7 +106,7 @@ def test_the_cli_refuses_a_missing_gpu_and_a_bad_curriculum_in_one_line(capsys):
         pytest.skip("this machine has a GPU")
     assert train_teacher_main(["--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
-    assert train_teacher_main(["--first-steps", "5"]) == 2
+    assert train_teacher_main(["--first-kinds", "--first-steps", "5"]) == 2
     assert "first_kinds" in capsys.readouterr().err
     assert train_teacher_main(["--device", "tpu"]) == 2
     assert "not a device name" in capsys.readouterr().err

@@ -102,6 +102,7 @@ def test_a_short_teacher_run_trains_and_saves_a_loadable_checkpoint(tmp_path):
         batch_size=2,
         session=SessionMix(turns=2),
         warmup_steps=1,
+        first_steps=1,
     )
     torch.manual_seed(0)
     model, tokenizer = train_teacher(config, tmp_path / "teacher")
@@ -162,3 +163,15 @@ def test_session_mix_rejects_fractions_outside_zero_one_and_empty_sessions():
         SessionMix(caption_fraction=1.5)
     with pytest.raises(ValueError, match="turns"):
         SessionMix(turns=0)
+
+
+def test_the_default_recipe_is_the_one_that_trained_the_shipped_teacher():
+    """`python -m vlm.demo.train_teacher` with no options must reproduce the shipped teacher: its recipe
+    is recorded in the checkpoint, and it must equal the defaults."""
+    import json
+
+    from vlm.checkpoint import EXTRAS_FILE
+    from vlm.demo.teacher import SHIPPED_TEACHER
+
+    recorded = json.loads((SHIPPED_TEACHER / EXTRAS_FILE).read_text())["demo_teacher_training"]
+    assert recorded == json.loads(json.dumps(dataclasses.asdict(TeacherTrainConfig())))
