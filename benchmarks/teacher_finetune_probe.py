@@ -45,7 +45,9 @@ QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 QUADRANT_MARGIN = 6  # px between an object's centre and the mid-lines, so its quadrant is clear
 Q_TOTAL = "How many objects are there?"
 TOTAL_ANSWERS = ("three", "four", "five", "six")
-TARGETS = ("spatial", "quadrant", "count", "total")
+SIDES = ("left", "right", "top", "bottom")
+Q_SIDE = "Which of these objects is near the {side} of the image?"
+TARGETS = ("spatial", "quadrant", "count", "total", "side")
 
 
 def quadrant_of(scene, obj) -> str | None:
@@ -87,8 +89,44 @@ def total_question(scene, rng: random.Random, answer: str | None = None):
     return _four_choices(rng, "total", Q_TOTAL, total, TOTAL_ANSWERS)
 
 
-# The probe's own forms: question maker (scene, rng, answer=None) and the four answers it chooses from.
-NEW_FORMS = {"quadrant": (quadrant_question, QUADRANTS), "total": (total_question, TOTAL_ANSWERS)}
+def _side_position(scene, obj, side: str) -> float:
+    """How far towards ``side`` the object's centre lies, 0 (the opposite edge) to 1 (that edge)."""
+    x, y = (obj.cx + 0.5) / scene.width, (obj.cy + 0.5) / scene.height
+    return {"left": 1 - x, "right": x, "top": 1 - y, "bottom": y}[side]
+
+
+def side_question(scene, rng: random.Random, answer: str | None = None):
+    """'Which of these objects is near the left of the image?' with four present objects as choices.
+
+    The spatial kind's skill asked the way the size kind asks its own (which the teacher answers at 0.975):
+    each choice is checked on its own. The answer's centre lies in the outer third towards ``side`` (drawn
+    when None); the three other choices lie in the opposite half, so exactly one choice fits.
+    """
+    from vlm.demo.scenes import unique_by
+
+    unique = unique_by(scene.objects, lambda o: o.descriptor)
+    sides = [answer] if answer is not None else rng.sample(SIDES, len(SIDES))
+    for side in sides:
+        near = sorted(d for d, o in unique.items() if _side_position(scene, o, side) > 2 / 3)
+        far = sorted(d for d, o in unique.items() if _side_position(scene, o, side) < 1 / 2)
+        if len(near) == 1 and len(far) >= 3:
+            distractors = rng.sample(far, 3)
+            choices = [near[0], *distractors]
+            rng.shuffle(choices)
+            from vlm.demo.scenes import Question
+
+            question = Q_SIDE.format(side=side)
+            return Question(question, choices, choices.index(near[0]), [near[0]] * 10, False, [], "side")
+    return None
+
+
+# The probe's own forms: question maker (scene, rng, answer=None) and the answers it balances over (for
+# `side`, the side asked about: its choices are objects).
+NEW_FORMS = {
+    "quadrant": (quadrant_question, QUADRANTS),
+    "total": (total_question, TOTAL_ANSWERS),
+    "side": (side_question, SIDES),
+}
 
 
 def held_out(target: str, n: int, seed: int = 99):
@@ -174,10 +212,14 @@ def _target_turn(scene, rng: random.Random, mix, target: str):
 
 
 def _batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, mix, size: int, ask) -> dict:
-    from vlm.demo.sessions import vqa_session
+    from vlm.demo.sessions import LIST_QUESTION_KINDS, vqa_session
     from vlm.supervised import collate_sequences
 
-    sessions = [vqa_session(rng, tokenizer, cfg, spec, mix, ask=ask) for _ in range(size)]
+    # The side form's choices are objects, like size's: without them its question has no single answer.
+    list_kinds = LIST_QUESTION_KINDS | {"side"}
+    sessions = [
+        vqa_session(rng, tokenizer, cfg, spec, mix, ask=ask, list_kinds=list_kinds) for _ in range(size)
+    ]
     return collate_sequences(sessions, tokenizer.pad_token_id)
 
 

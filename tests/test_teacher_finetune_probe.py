@@ -7,11 +7,13 @@ import random
 
 from benchmarks.teacher_finetune_probe import (
     QUADRANTS,
+    SIDES,
     TOTAL_ANSWERS,
     held_out,
     quadrant_of,
     quadrant_question,
     region_caption,
+    side_question,
     total_question,
 )
 from vlm.demo.scenes import Scene, SceneObject, sample_scene
@@ -73,3 +75,22 @@ def test_the_region_caption_names_every_object_with_its_region_left_to_right():
         SceneObject("circle", "red", "small", 10, 5, 6, 6),
     )
     assert region_caption(scene).answer == "small red circle top left , large blue square bottom right"
+
+
+def test_the_side_form_names_one_object_towards_the_side_and_three_in_the_other_half():
+    scene = _scene(
+        SceneObject("circle", "red", "small", 5, 30, 6, 6),  # centre x 8.5: the left third
+        SceneObject("square", "blue", "small", 80, 5, 6, 6),
+        SceneObject("cross", "green", "small", 100, 50, 6, 6),
+        SceneObject("triangle", "black", "large", 70, 20, 16, 16),
+    )
+    question = side_question(scene, random.Random(0), answer="left")
+    assert question.question == "Which of these objects is near the left of the image?"
+    assert question.answer == "red circle"
+    assert sorted(question.choices) == ["black triangle", "blue square", "green cross", "red circle"]
+    # No object lies in the top third with three in the bottom half: the scene cannot ask "top".
+    assert side_question(scene, random.Random(0), answer="top") is None
+    examples = held_out("side", 80)
+    sides = collections.Counter(e.question.split("near the ")[1].split()[0] for e in examples)
+    assert set(sides) == set(SIDES) and min(sides.values()) >= 10
+    assert collections.Counter(e.correct_choice_idx for e in examples).most_common(1)[0][1] <= 35

@@ -181,10 +181,12 @@ def vqa_session(
     spec: ImageSpec,
     mix: SessionMix,
     ask: Callable[[Scene, random.Random, SessionMix, bool], Question | None] = session_question,
+    list_kinds: frozenset[str] = LIST_QUESTION_KINDS,
 ) -> TrainingSequence:
     """A fresh scene and up to `mix.turns` questions about it; the image sits in the first turn only.
 
-    ``ask(scene, rng, mix, first)`` picks each turn's question (None: the scene cannot support it)."""
+    ``ask(scene, rng, mix, first)`` picks each turn's question (None: the scene cannot support it);
+    questions of ``list_kinds`` refer to their choices and are always asked as MCQs."""
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     letters = letter_token_ids(tokenizer)
     while True:
@@ -203,7 +205,7 @@ def vqa_session(
                 views, grid = split_image(render_scene(scene), spec)
                 image_string = image_placeholder_for(grid, spec, cfg.vlm_extra_tokens)
             # "Which of these objects ..." needs its list of choices: without it the answer is ambiguous.
-            is_mcq = question.kind in LIST_QUESTION_KINDS or (
+            is_mcq = question.kind in list_kinds or (
                 question.kind not in (CAPTION_KIND, LOCATION_KIND) and rng.random() < mix.mcq_fraction
             )
             if is_mcq:
