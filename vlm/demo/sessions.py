@@ -38,6 +38,7 @@ from vlm.demo.scenes import (
     region_of,
     render_scene,
     sample_scene,
+    spatial_relation,
     unique_by,
 )
 from vlm.evaluate import letter_token_ids
@@ -73,6 +74,13 @@ LOCATION_KIND = "location"
 # Measured over 20,000 scenes, the picked answers are 0-4 with 14 / 21 / 30 / 25 / 10%, close to the
 # dataset's 12.5 / 25 / 25 / 25 / 12.5%; asking whatever the scene supports gave 22 / 32 / 29 / 15 / 3%.
 COUNT_PICK_WEIGHTS: dict[int, float] = {0: 0.3, 1: 0.6, 2: 1.0, 3: 3.0, 4: 8.0}
+
+
+# Relation weights for `balanced_relation_plan`, favouring the vertical relations that few scenes support
+# (the image is twice as wide as tall). Measured over 3,000 sessions of 8 turns, the picked relations
+# left / right / above / below are 29 / 27 / 22 / 22%; uniform weights gave 37 / 36 / 13 / 13%, weights 3 for the vertical
+# ones 32 / 30 / 19 / 19%. Most scenes support no vertical relation, so 50% is out of reach this way.
+RELATION_PICK_WEIGHTS: dict[str, float] = {"left": 1.0, "right": 1.0, "above": 10.0, "below": 10.0}
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -161,6 +169,17 @@ def balanced_count_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> A
     return dataclasses.replace(plan, count=count, window_start=start)
 
 
+def balanced_relation_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> AnswerPlan:
+    """Re-target a spatial plan to a relation ``scene`` supports between two uniquely described objects,
+    uniformly among those it supports (unchanged when it supports none: the turn is then dropped)."""
+    unique = list(unique_by(scene.objects, lambda o: o.descriptor).values())
+    supported = sorted({spatial_relation(a, b) for a in unique for b in unique if a is not b} - {None})
+    if not supported:
+        return plan
+    weights = [RELATION_PICK_WEIGHTS[r] for r in supported]
+    return dataclasses.replace(plan, relation=rng.choices(supported, weights=weights)[0])
+
+
 def session_question(scene: Scene, rng: random.Random, mix: SessionMix, first: bool) -> Question | None:
     """One turn's question: the caption (first turns only), a location turn, or a dataset question."""
     if first and rng.random() < mix.caption_fraction:
@@ -171,6 +190,8 @@ def session_question(scene: Scene, rng: random.Random, mix: SessionMix, first: b
     plan = draw_plan(rng, rng.choice(mix.kinds) if mix.kinds else None)
     if plan.kind == "count":
         plan = balanced_count_plan(scene, rng, plan)
+    elif plan.kind == "spatial" and mix.balance_relations:
+        plan = balanced_relation_plan(scene, rng, plan)
     return make_question(scene, rng, plan=plan)
 
 

@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-steps", type=int, default=defaults.first_steps, help="VQA steps of the kind curriculum"
     )
     parser.add_argument(
+        "--location-fraction",
+        type=float,
+        default=defaults.session.location_fraction,
+        help="share of VQA turns asking 'Where is the X?' (answered with its region)",
+    )
+    parser.add_argument(
+        "--balance-relations",
+        action="store_true",
+        help="spatial turns pick their relation among those the scene supports (else left/right dominate)",
+    )
+    parser.add_argument(
         "--eval-every",
         type=int,
         default=250,
@@ -172,6 +183,11 @@ def _run(args: argparse.Namespace) -> int:
             first_kinds=tuple(args.first_kinds),
             first_steps=args.first_steps,
             step_seeds=args.step_seeds,
+            session=dataclasses.replace(
+                TeacherTrainConfig().session,
+                location_fraction=args.location_fraction,
+                balance_relations=args.balance_relations,
+            ),
         )
     except ValueError as error:
         raise UsageError(str(error)) from error

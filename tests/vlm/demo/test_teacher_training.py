@@ -175,3 +175,32 @@ def test_the_default_recipe_is_the_one_that_trained_the_shipped_teacher():
 
     recorded = json.loads((SHIPPED_TEACHER / EXTRAS_FILE).read_text())["demo_teacher_training"]
     assert recorded == json.loads(json.dumps(dataclasses.asdict(TeacherTrainConfig())))
+
+
+def test_balanced_relations_are_supported_by_the_scene_and_lift_the_vertical_share():
+    from vlm.demo.scenes import spatial_relation, unique_by
+    from vlm.demo.sessions import balanced_relation_plan, session_question
+
+    rng = random.Random(5)
+    for _ in range(100):
+        scene = sample_scene(rng)
+        plan = balanced_relation_plan(scene, rng, draw_plan(rng, "spatial"))
+        unique = list(unique_by(scene.objects, lambda o: o.descriptor).values())
+        supported = {spatial_relation(a, b) for a in unique for b in unique if a is not b} - {None}
+        assert plan.relation in supported or not supported
+
+    def vertical_share(mix: SessionMix) -> float:
+        rng = random.Random(0)
+        answers = []
+        for _ in range(400):
+            scene = sample_scene(rng)
+            question = session_question(scene, rng, mix, first=False)
+            if question is not None and question.kind == "spatial":
+                answers.append(question.answer in ("above", "below"))
+        return sum(answers) / len(answers)
+
+    spatial_only = SessionMix(kinds=("spatial",), location_fraction=0.0)
+    default, balanced = (
+        vertical_share(dataclasses.replace(spatial_only, balance_relations=flag)) for flag in (False, True)
+    )
+    assert balanced > default + 0.05
