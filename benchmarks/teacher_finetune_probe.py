@@ -21,6 +21,10 @@ Targets:
   may still cross one). The vertical mid-line is the border between the two 64-px crops, so left / right
   can also be read from which crop holds the object: an easier cue than the spatial kind has;
 - ``count``: the dataset's "How many red objects are there?" (0-4, windows of four numbers);
+- ``side``: "Which of these objects is near the left of the image?" (or right / top / bottom) with four
+  present objects as choices: one in the outer third towards the side, three in the other half, so each
+  choice is checked on its own, as the size kind asks (few scenes support it: about 8% of turns at
+  ``--share 0.35``);
 - ``total``: "How many objects are there?" with the choices three to six (no binding to a colour or shape;
   training answers follow the scenes, where six objects are rarer; held-out answers are balanced).
 

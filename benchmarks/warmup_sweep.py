@@ -1,13 +1,15 @@
 """How long a warm-up do the search's fresh weights need on the demo teacher? (issue 14 follow-up)
 
-`python -m benchmarks.warmup_sweep [--steps 40 150 400] [--lr 3e-3 1e-3] [--n 1000]`
+`python -m benchmarks.warmup_sweep [--steps 0 40 120] [--lr 3e-3 1e-3] [--n 1000]`
 
 Trials with fresh weights (a from-scratch resampler, a token scorer) are scored after a short warm-up
 (`search.warmup.warm_up_resampler`: only the fresh weights train, distilled from the teacher's answer letters
 on the study's warm-up questions). The demo study's 40 steps at lr 3e-3 were set on the 0.393 teacher; on the
 0.731 one the 50% resampler reference scores 0.280 in the search and the 50% score pruner 0.231. This sweeps
-steps and lr for both at the demo study's warm-up batch size and questions, and prints the accuracy on the
-validation split beside the seconds each warm-up took. Results: `benchmarks/results/warmup_sweep.json`.
+steps and lr for a 50% scorer and a 50% resampler (6x6 queries at half the decoder's width, 96; the study's
+reference is width 64, the largest of its `resampler_widths`) at the demo study's warm-up batch size and
+questions, and prints the accuracy on the validation split beside the seconds each warm-up took (0 steps:
+the fresh weights untrained, once). Results: `benchmarks/results/warmup_sweep.json`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from vlm.evaluate import EvalConfig
 
 
 def fresh_weight_configs(cfg) -> dict[str, CompressionConfig]:
-    """The demo study's two references with fresh weights."""
+    """Two configs with fresh weights, like the demo study's references (the resampler at width 96)."""
     native = round(cfg.mp_image_token_length**0.5)
     return {
         "50% resampler": CompressionConfig(
@@ -43,7 +45,7 @@ def fresh_weight_configs(cfg) -> dict[str, CompressionConfig]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[40, 150, 400])
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 40, 120])
     parser.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-3])
     parser.add_argument("--n", type=int, default=1000, help="validation questions")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/warmup_sweep.json"))
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, compression in fresh_weight_configs(teacher.cfg).items():
         plan = plan_student(teacher.cfg, compression)
         for steps in args.steps:
-            for lr in args.lr:
+            for lr in args.lr[:1] if steps == 0 else args.lr:  # lr is moot without a step
                 torch.manual_seed(0)  # the fresh weights, as a trial draws them
                 student = compress(teacher, compression)
                 start = time.perf_counter()

@@ -26,9 +26,10 @@ class SessionMix:
     caption_fraction: float = 0.5  # sessions whose first turn is the caption (`caption_question`)
     location_fraction: float = 0.15  # turns asking "Where is the X?" (`location_question`)
     kinds: tuple[str, ...] = ()  # dataset question kinds to ask (empty: all, drawn as the dataset does)
-    # Spatial turns pick their relation among those the scene supports, uniformly. Off, a session keeps the
-    # drawn relation and drops the turn when its scene lacks it: above/below are then 31% of spatial answers
-    # (the image is twice as wide as tall) and spatial 9.5% of turns. The shipped teacher trained with it off.
+    # Spatial turns pick a relation their scene supports, weighted by `sessions.RELATION_PICK_WEIGHTS`
+    # (vertical ones favoured). Off, a session keeps the drawn relation and drops the turn when its scene
+    # lacks it: above/below are then 31% of spatial answers (the image is twice as wide as tall) and spatial
+    # 11% of turns. The shipped teacher trained with it off.
     balance_relations: bool = False
 
     def __post_init__(self) -> None:

@@ -171,7 +171,7 @@ def balanced_count_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> A
 
 def balanced_relation_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> AnswerPlan:
     """Re-target a spatial plan to a relation ``scene`` supports between two uniquely described objects,
-    uniformly among those it supports (unchanged when it supports none: the turn is then dropped)."""
+    drawn with `RELATION_PICK_WEIGHTS` (unchanged when it supports none: the turn is then dropped)."""
     unique = list(unique_by(scene.objects, lambda o: o.descriptor).values())
     supported = sorted({spatial_relation(a, b) for a in unique for b in unique if a is not b} - {None})
     if not supported:

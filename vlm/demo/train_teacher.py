@@ -39,6 +39,42 @@ def accuracy_by_kind(result, kinds: dict[str, str], correct: dict[str, int]) -> 
     return {kind: round(sum(h) / len(h), 4) for kind, h in sorted(hits.items())}
 
 
+def config_from_args(args: argparse.Namespace) -> TeacherTrainConfig:
+    """The training recipe the options ask for; no options give `TeacherTrainConfig()`, the shipped recipe.
+
+    The kind curriculum switches off with either half: `--first-steps 0` or `--first-kinds` given no kinds.
+    """
+    first_kinds, first_steps = tuple(args.first_kinds), args.first_steps
+    if first_steps == 0 or not first_kinds:
+        first_kinds, first_steps = (), 0
+    if first_steps > args.vqa_steps:
+        raise UsageError(
+            f"--first-steps {first_steps} (the kind curriculum) is longer than --vqa-steps {args.vqa_steps}: "
+            f"pass --first-steps N with N <= {args.vqa_steps}, or --first-steps 0 for no curriculum"
+        )
+    defaults = TeacherTrainConfig()
+    try:
+        return dataclasses.replace(
+            defaults,
+            vision_steps=args.vision_steps,
+            letter_steps=args.letter_steps,
+            vqa_steps=args.vqa_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            first_kinds=first_kinds,
+            first_steps=first_steps,
+            step_seeds=args.step_seeds,
+            session=dataclasses.replace(
+                defaults.session,
+                location_fraction=args.location_fraction,
+                balance_relations=args.balance_relations,
+            ),
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = TeacherTrainConfig()
     parser = make_parser(
@@ -68,11 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=list(defaults.first_kinds),
         metavar="KIND",
-        help="kind curriculum: the first --first-steps VQA steps ask only these question kinds (none "
-        "given: no curriculum, with --first-steps 0)",
+        help="kind curriculum: the first --first-steps VQA steps ask only these question kinds (given no "
+        "kinds: no curriculum)",
     )
     parser.add_argument(
-        "--first-steps", type=int, default=defaults.first_steps, help="VQA steps of the kind curriculum"
+        "--first-steps",
+        type=int,
+        default=defaults.first_steps,
+        help="VQA steps of the kind curriculum (0: none)",
     )
     parser.add_argument(
         "--location-fraction",
@@ -83,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--balance-relations",
         action="store_true",
-        help="spatial turns pick their relation among those the scene supports (else left/right dominate)",
+        help="spatial turns pick a relation their scene supports, the vertical ones favoured (else "
+        "left/right dominate)",
     )
     parser.add_argument(
         "--eval-every",
@@ -141,11 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.eval_every < 0 or args.eval_questions < 1:
         raise UsageError("--eval-every must be >= 0 and --eval-questions >= 1")
-    if args.first_steps > args.vqa_steps:
-        raise UsageError(
-            f"--first-steps {args.first_steps} (the kind curriculum) is longer than --vqa-steps {args.vqa_steps}: "
-            f"pass --first-steps N with N <= {args.vqa_steps}, or `--first-kinds --first-steps 0` for none"
-        )
+    config = config_from_args(args)  # every recipe error before anything is deleted or generated
     if args.data_workers < 0:
         raise UsageError(f"--data-workers must be >= 0, got {args.data_workers}")
     if args.data_workers and not args.step_seeds:
@@ -171,26 +207,6 @@ def _run(args: argparse.Namespace) -> int:
         result = evaluate_mcq(model, curve_tokenizer, curve_questions, eval_config)
         return {"mcq": round(result.accuracy, 4), "by_kind": accuracy_by_kind(result, kinds, correct)}
 
-    try:
-        config = dataclasses.replace(
-            TeacherTrainConfig(),
-            vision_steps=args.vision_steps,
-            letter_steps=args.letter_steps,
-            vqa_steps=args.vqa_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            first_kinds=tuple(args.first_kinds),
-            first_steps=args.first_steps,
-            step_seeds=args.step_seeds,
-            session=dataclasses.replace(
-                TeacherTrainConfig().session,
-                location_fraction=args.location_fraction,
-                balance_relations=args.balance_relations,
-            ),
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
     _, tokenizer = train_teacher(
         config,
         out,

@@ -106,8 +106,10 @@ def test_the_cli_refuses_a_missing_gpu_and_a_bad_curriculum_in_one_line(capsys):
         pytest.skip("this machine has a GPU")
     assert train_teacher_main(["--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
-    assert train_teacher_main(["--first-kinds", "--first-steps", "5"]) == 2
-    assert "first_kinds" in capsys.readouterr().err
+    assert train_teacher_main(["--vqa-steps", "100"]) == 2  # the default curriculum is 300 steps
+    assert "--first-steps 0 for no curriculum" in capsys.readouterr().err
+    assert train_teacher_main(["--location-fraction", "1.5"]) == 2
+    assert "location_fraction must be in [0, 1]" in capsys.readouterr().err
     assert train_teacher_main(["--device", "tpu"]) == 2
     assert "not a device name" in capsys.readouterr().err
     with pytest.raises(UsageError, match="cpu or cuda"):
@@ -142,3 +144,16 @@ def test_accuracy_by_kind_counts_each_kind_apart():
     result = MCQResult(predictions={"a": 0, "b": 1, "c": 2})
     kinds = {"a": "size", "b": "size", "c": "count"}
     assert accuracy_by_kind(result, kinds, {"a": 0, "b": 0, "c": 2}) == {"count": 1.0, "size": 0.5}
+
+
+def test_no_options_give_the_shipped_recipe_and_either_half_switches_the_curriculum_off():
+    from vlm.demo.train_teacher import build_parser, config_from_args
+
+    def config(*argv: str) -> TeacherTrainConfig:
+        return config_from_args(build_parser().parse_args(list(argv)))
+
+    assert config() == TeacherTrainConfig()
+    for off in (["--first-steps", "0"], ["--first-kinds"]):
+        assert (config(*off).first_kinds, config(*off).first_steps) == ((), 0)
+    balanced = config("--balance-relations", "--location-fraction", "0")
+    assert balanced.session.balance_relations and balanced.session.location_fraction == 0

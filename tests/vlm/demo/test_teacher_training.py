@@ -204,3 +204,22 @@ def test_balanced_relations_are_supported_by_the_scene_and_lift_the_vertical_sha
         vertical_share(dataclasses.replace(spatial_only, balance_relations=flag)) for flag in (False, True)
     )
     assert balanced > default + 0.05
+
+
+def test_the_default_session_stream_is_the_one_the_shipped_teacher_trained_on():
+    """A pinned hash of the first sessions of the default stream (ids, labels and pixels). Any change to the
+    default path (a new random draw, another question order) breaks the bare command's reproduction of the
+    shipped teacher: change the stream only behind an option that is off by default. The hash is the same
+    at 89be8cd^, before the step-seed refactor, and after it."""
+    import hashlib
+
+    tokenizer = build_demo_tokenizer()
+    cfg = demo_vlm_config(len(tokenizer))
+    spec = VisionLanguageModel(cfg, image_token_id=0).image_spec
+    rng = random.Random(0)
+    digest = hashlib.sha256()
+    for _ in range(4):
+        seq = vqa_session(rng, tokenizer, cfg, spec, SessionMix())
+        digest.update(repr((seq.input_ids, seq.labels)).encode())
+        digest.update(seq.views.numpy().tobytes())
+    assert digest.hexdigest()[:16] == "d8e90594bab02a99"
