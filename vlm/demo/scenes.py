@@ -485,15 +485,17 @@ def spatial_relation(a: SceneObject, b: SceneObject) -> str | None:
     return None
 
 
+def spatial_pairs(scene: Scene) -> list[tuple[SceneObject, SceneObject, str]]:
+    """Every ordered pair of uniquely described objects that stand in a clear relation, with the relation
+    (the pairs a spatial question may ask about)."""
+    unique = list(unique_by(scene.objects, lambda o: o.descriptor).values())
+    pairs = [(a, b, spatial_relation(a, b)) for a in unique for b in unique if a is not b]
+    return [(a, b, relation) for a, b, relation in pairs if relation is not None]
+
+
 def _spatial_question(scene: Scene, rng: random.Random, plan: AnswerPlan) -> Question | None:
     relation = plan.relation
-    unique = unique_by(scene.objects, lambda o: o.descriptor)
-    pairs = [
-        (a, b)
-        for a in unique.values()
-        for b in unique.values()
-        if a is not b and spatial_relation(a, b) == relation
-    ]
+    pairs = [(a, b) for a, b, r in spatial_pairs(scene) if r == relation]
     if not pairs:
         return None
     a, b = rng.choice(pairs)

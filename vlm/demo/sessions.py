@@ -38,7 +38,7 @@ from vlm.demo.scenes import (
     region_of,
     render_scene,
     sample_scene,
-    spatial_relation,
+    spatial_pairs,
     unique_by,
 )
 from vlm.evaluate import letter_token_ids
@@ -172,8 +172,7 @@ def balanced_count_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> A
 def balanced_relation_plan(scene: Scene, rng: random.Random, plan: AnswerPlan) -> AnswerPlan:
     """Re-target a spatial plan to a relation ``scene`` supports between two uniquely described objects,
     drawn with `RELATION_PICK_WEIGHTS` (unchanged when it supports none: the turn is then dropped)."""
-    unique = list(unique_by(scene.objects, lambda o: o.descriptor).values())
-    supported = sorted({spatial_relation(a, b) for a in unique for b in unique if a is not b} - {None})
+    supported = sorted({relation for _, _, relation in spatial_pairs(scene)})
     if not supported:
         return plan
     weights = [RELATION_PICK_WEIGHTS[r] for r in supported]

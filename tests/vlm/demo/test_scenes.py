@@ -23,6 +23,7 @@ from vlm.demo.scenes import (
     make_question,
     render_scene,
     sample_scene,
+    spatial_pairs,
     spatial_relation,
     split_words,
 )
@@ -165,6 +166,17 @@ def test_spatial_questions_on_hand_built_scene():
             a, b = re.fullmatch(r"Where is the (\w+ \w+) relative to the (\w+ \w+)\?", q.question).groups()
             assert expected[(a, b)] == relation == q.answer
             assert sorted(q.choices) == sorted(RELATIONS)
+
+
+def test_spatial_pairs_are_the_clear_relations_between_unique_objects():
+    red, blue, green = SPATIAL.objects
+    found = {(a.descriptor, b.descriptor, r) for a, b, r in spatial_pairs(SPATIAL)}
+    assert found == {
+        ("red circle", "blue square", "left"),
+        ("blue square", "red circle", "right"),
+        ("green triangle", "blue square", "above"),
+        ("blue square", "green triangle", "below"),
+    }  # red circle / green triangle is ambiguous, so it is absent
 
 
 def test_spatial_question_skips_ambiguous_descriptors():
