@@ -23,7 +23,7 @@ from ledger.config import DataSettings, ModelSettings, load_study_config
 from ledger.world import load_split, load_teacher
 from search.importance import block_influence, drop_order
 from search.trial_eval import SubsetEvaluator
-from search.warmup import teacher_letter_logits, warm_up_resampler
+from search.warmup import load_warmup_set, teacher_letter_logits, warm_up_as_study
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
 from vlm.demo.train_teacher import blank_images
@@ -146,23 +146,11 @@ BLANK = "teacher, blank images"
 
 
 def warm_up(student, plan, teacher, tokenizer) -> None:
-    """The demo study's warm-up of fresh weights (its [search] steps, lr and batch, its warm-up questions)."""
+    """The demo study's warm-up of fresh weights (its [search] settings and warm-up questions)."""
     study = load_study_config("demo")
-    examples = load_split(
-        study.data, study.data.train_split, study.data.warmup_size, seed=study.data.subset_seed + 1
-    )
-    warmup = SubsetEvaluator(tokenizer, examples, EvalConfig(batch_size=100, show_progress=False))
+    warmup = load_warmup_set(study, tokenizer, EvalConfig(batch_size=100, show_progress=False))
     logits = teacher_letter_logits(teacher, warmup, study.search.batch_size)
-    s = study.search
-    warm_up_resampler(
-        student,
-        plan,
-        warmup,
-        logits,
-        s.resampler_warmup_steps,
-        s.resampler_warmup_lr,
-        s.resampler_warmup_batch_size,
-    )
+    warm_up_as_study(student, plan, teacher, study.search, warmup, logits, seed=0)
 
 
 def _write(rows, out: Path, n: int, decoder_scores, encoder_scores) -> None:

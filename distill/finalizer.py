@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from distill.train import (
     build_student,
     distributed_state,
+    match_fresh_resampler,
     merge_lora,
     remove_checkpoints,
     teacher_cache_path,
@@ -165,6 +166,7 @@ def finalize(
                 teacher, tokenizer, train, cache, config.search.batch_size
             )
         student = build_student(teacher, compression, settings)
+        match_fresh_resampler(student, teacher, tokenizer, train, settings, seed=config.search.seed)
         result = train_student(
             student, tokenizer, train, teacher_logits, settings, run_dir, seed=config.search.seed
         )

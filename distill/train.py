@@ -39,10 +39,11 @@ from vlm.atomic import atomic_file, replace_dir
 from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
 from vlm.config import CompressionConfig
+from vlm.connector_match import match_resampler
 from vlm.data import VQAExample
 from vlm.distillation import DistillationLoss
 from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids
-from vlm.model import VisionLanguageModel
+from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example
 from vlm.supervised import TrainingSequence, collate_sequences, sequence_loss
 from vlm.tokenizer import IM_END
@@ -167,6 +168,43 @@ def _letter_logits(student, batch: dict, letters: list[int], device) -> torch.Te
 def shard(indices: list[int], rank: int, world: int) -> list[int]:
     """This process's share of a global batch: every `world`-th index from `rank` on."""
     return indices[rank::world]
+
+
+def match_fresh_resampler(
+    student: VisionLanguageModel,
+    teacher: VisionLanguageModel,
+    tokenizer,
+    examples: list[VQAExample],
+    settings: DistillSettings,
+    seed: int = 0,
+) -> float | None:
+    """Before distillation, a fresh resampler learns the teacher's projector tokens pooled to its grid on the
+    training images (`vlm.connector_match`); returns the last matching loss, None when there is nothing to
+    match (no resampler, or `resampler_match_steps` = 0). Deterministic given `seed`, so every process of a
+    multi-process run starts from the same weights."""
+    if settings.resampler_match_steps == 0 or not isinstance(student.connector, PerceiverResampler):
+        return None
+    spec = student.image_spec
+    batch_size = min(settings.batch_size, len(examples))
+    rng = random.Random(seed + 1)
+
+    def features():
+        while True:
+            chosen = rng.sample(examples, batch_size)
+            images = torch.cat([encode_mcq(tokenizer, student, spec, e).images for e in chosen])
+            with torch.no_grad():  # (not around the yield: the caller would run without gradients)
+                batch = student.encode_vision(images)
+            yield batch
+
+    loss = match_resampler(
+        student.connector,
+        teacher.connector,
+        features(),
+        settings.resampler_match_steps,
+        settings.resampler_match_lr,
+    )
+    logger.info("resampler matched to the teacher's pooled tokens: relative error %.4f", loss)
+    return loss
 
 
 def run_fingerprint(

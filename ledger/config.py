@@ -104,6 +104,10 @@ class SearchSettings:
     )
     resampler_warmup_steps: int = 40
     resampler_warmup_lr: float = 3e-3
+    # Before those letter steps, a fresh resampler learns to reproduce the teacher's projector tokens pooled
+    # to its grid (`vlm.connector_match`): a dense target, where the letters give four numbers per question.
+    resampler_match_steps: int = 0
+    resampler_match_lr: float = 3e-3
     # The warm-up's loss: mostly the teacher's letter distribution (KL at this temperature), the rest the gold
     # letter's cross-entropy; fresh weights (a resampler, a token scorer) start far from the teacher's.
     resampler_warmup_kd_weight: float = 0.8
@@ -142,6 +146,8 @@ class SearchSettings:
             )
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise ValueError(f"sampler must be tpe, nsga2 or random, got {self.sampler!r}")
+        if min(self.resampler_warmup_steps, self.resampler_match_steps) < 0:
+            raise ValueError("resampler_warmup_steps and resampler_match_steps must be >= 0")
         if min(self.batch_size, self.resampler_warmup_batch_size) < 1:
             raise ValueError("batch_size and resampler_warmup_batch_size must be >= 1")
 
@@ -152,6 +158,10 @@ class DistillSettings:
     batch_size: int = 16  # the global batch: under `accelerate launch` each process trains on its share
     lr: float = 5e-4
     resampler_lr: float = 3e-3
+    # A fresh resampler first learns the teacher's projector tokens pooled to its grid (`vlm.connector_match`)
+    # on training images, this many steps at `resampler_match_lr`, before distillation starts.
+    resampler_match_steps: int = 0
+    resampler_match_lr: float = 3e-3
     kd_weight: float = 0.7  # share of the KL term; the rest is cross-entropy on the gold answer
     temperature: float = 2.0
     lora_rank: int = 0  # 0 = full fine-tuning of the decoder, >0 = LoRA adapters (merged on save)
@@ -171,6 +181,8 @@ class DistillSettings:
             raise ValueError(
                 f"grad_clip and temperature must be > 0, got {self.grad_clip}, {self.temperature}"
             )
+        if self.resampler_match_steps < 0:
+            raise ValueError(f"resampler_match_steps must be >= 0, got {self.resampler_match_steps}")
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,8 @@ from search.importance import block_influence, drop_order
 from search.space import check_space, suggest_compression
 from search.stages import StageMeter
 from search.trial_eval import SubsetEvaluator, vision_key
-from search.warmup import teacher_letter_logits, warm_up_resampler
+from search.warmup import load_warmup_set, teacher_letter_logits, warm_up_as_study
 from vlm.compression import CompressionError, compress, plan_student
-from vlm.distillation import DistillationLoss
 from vlm.evaluate import EvalConfig
 from vlm.flops import CONVENTION
 
@@ -104,10 +103,11 @@ class SearchContext:
     # ----- resampler warm-up data, loaded on first use ----------------------------------------------------
     def warmup_data(self) -> tuple[SubsetEvaluator, torch.Tensor]:
         if self._warmup is None:
-            data = self.config.data
-            examples = load_split(data, data.train_split, data.warmup_size, seed=data.subset_seed + 1)
-            self._warmup = SubsetEvaluator(
-                self.tokenizer, examples, self.subset.eval_config, self.config.search.feature_cache_mb << 19
+            self._warmup = load_warmup_set(
+                self.config,
+                self.tokenizer,
+                self.subset.eval_config,
+                self.config.search.feature_cache_mb << 19,
             )
             self._warmup_logits = teacher_letter_logits(
                 self.teacher, self._warmup, self.config.search.batch_size
@@ -160,18 +160,8 @@ class Objective:
                 with meter.stage("warmup_data"):  # once per process: the teacher's logits on the warm-up set
                     warmup, teacher_logits = ctx.warmup_data()
                 with meter.stage("warmup"):
-                    loss = warm_up_resampler(
-                        student,
-                        plan,
-                        warmup,
-                        teacher_logits,
-                        search.resampler_warmup_steps,
-                        search.resampler_warmup_lr,
-                        search.resampler_warmup_batch_size,
-                        seed=search.seed + trial.number,
-                        loss_fn=DistillationLoss(
-                            search.resampler_warmup_kd_weight, search.resampler_warmup_temperature
-                        ),
+                    loss = warm_up_as_study(
+                        student, plan, ctx.teacher, search, warmup, teacher_logits, search.seed + trial.number
                     )
                 trial.set_user_attr("resampler_warmup_loss", loss)
             threshold = ctx.promotion_threshold if search.early_stop else None

@@ -10,18 +10,68 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from ledger.config import SearchSettings, StudyConfig
+from ledger.world import load_split
 from search.trial_eval import SubsetEvaluator, vision_key
+from vlm.connector_match import match_resampler
 from vlm.distillation import DistillationLoss
-from vlm.evaluate import all_letter_logits, letter_token_ids, mcq_letter_logits
-from vlm.model import VisionLanguageModel
+from vlm.evaluate import EvalConfig, all_letter_logits, letter_token_ids, mcq_letter_logits
+from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.plan import StudentPlan
 from vlm.processing import collate
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectorMatching:
+    """The first warm-up phase of a fresh resampler: `steps` steps at `lr` matching `reference` (the teacher's
+    pixel-shuffle projector) pooled to the resampler's grid (`vlm.connector_match`)."""
+
+    reference: nn.Module
+    steps: int
+    lr: float
+
+
+def load_warmup_set(
+    config: StudyConfig, tokenizer, eval_config: EvalConfig, feature_cache_bytes: int = 2 << 30
+) -> SubsetEvaluator:
+    """The study's warm-up questions: `warmup_size` training questions, drawn apart from the subset's."""
+    data = config.data
+    examples = load_split(data, data.train_split, data.warmup_size, seed=data.subset_seed + 1)
+    return SubsetEvaluator(tokenizer, examples, eval_config, feature_cache_bytes)
+
+
+def warm_up_as_study(
+    student: VisionLanguageModel,
+    plan: StudentPlan,
+    teacher: VisionLanguageModel,
+    search: SearchSettings,
+    warmup: SubsetEvaluator,
+    teacher_logits: torch.Tensor,
+    seed: int,
+) -> float:
+    """`warm_up_resampler` with the study's [search] settings (what a trial with fresh weights gets)."""
+    return warm_up_resampler(
+        student,
+        plan,
+        warmup,
+        teacher_logits,
+        search.resampler_warmup_steps,
+        search.resampler_warmup_lr,
+        search.resampler_warmup_batch_size,
+        seed=seed,
+        loss_fn=DistillationLoss(search.resampler_warmup_kd_weight, search.resampler_warmup_temperature),
+        matching=ConnectorMatching(
+            teacher.connector, search.resampler_match_steps, search.resampler_match_lr
+        ),
+    )
 
 
 def teacher_letter_logits(
@@ -43,9 +93,11 @@ def warm_up_resampler(
     batch_size: int,
     seed: int = 0,
     loss_fn: DistillationLoss | None = None,
+    matching: ConnectorMatching | None = None,
 ) -> float:
-    """Train the student's fresh weights (`fresh_parameters`: a resampler, a token scorer) for `steps` steps;
-    returns the last loss. Deterministic given `seed`."""
+    """Train the student's fresh weights (`fresh_parameters`: a resampler, a token scorer) for `steps` steps
+    on the teacher's letters, after `matching` (a resampler only); returns the last letter loss (the
+    matching loss when `steps` is 0). Deterministic given `seed`."""
     loss_fn = loss_fn or DistillationLoss(kd_weight=0.8, temperature=1.0)
     letters = letter_token_ids(warmup.tokenizer)
     encodings = warmup.encodings(student)
@@ -54,19 +106,23 @@ def warm_up_resampler(
     device = next(student.parameters()).device
     for param in student.parameters():
         param.requires_grad_(False)
+    loss_value = float("nan")
+    if matching is not None and matching.steps > 0 and isinstance(student.connector, PerceiverResampler):
+        features = warmup_features(student, warmup, vision_fn, batch_size, seed + 1)
+        loss_value = match_resampler(
+            student.connector, matching.reference, features, matching.steps, matching.lr
+        )
     params = student.fresh_parameters()
+    if steps == 0 or not params:
+        student.eval()
+        return loss_value
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    order: list[int] = []
-    loss_value = float("nan")
+    batches = _batches(len(encodings), batch_size, random.Random(seed))
     student.train()
     for _ in range(steps):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(encodings)), len(encodings))
-        idx: Sequence[int] = order[:batch_size]
-        order = order[batch_size:]
+        idx = next(batches)
         batch = collate([encodings[i] for i in idx], warmup.tokenizer.pad_token_id)
         features = vision_fn(batch["images"], [warmup.examples[i].question_id for i in idx], batch["n_views"])
         logits = mcq_letter_logits(student, batch, letters, features.to(device))
@@ -79,3 +135,25 @@ def warm_up_resampler(
     for param in student.parameters():
         param.requires_grad_(False)
     return loss_value
+
+
+def _batches(n: int, batch_size: int, rng: random.Random):
+    """Endless batches of indices into n items: shuffled passes, each index once per pass."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(n), n)
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def warmup_features(
+    student: VisionLanguageModel, warmup: SubsetEvaluator, vision_fn: Callable, batch_size: int, seed: int
+) -> Iterator[torch.Tensor]:
+    """Endless batches of the student's ViT features on the warm-up images (cached after the first pass)."""
+    encodings = warmup.encodings(student)
+    device = next(student.parameters()).device
+    for idx in _batches(len(encodings), batch_size, random.Random(seed)):
+        batch = collate([encodings[i] for i in idx], warmup.tokenizer.pad_token_id)
+        ids = [warmup.examples[i].question_id for i in idx]
+        yield vision_fn(batch["images"], ids, batch["n_views"]).to(device)

@@ -19,6 +19,7 @@ from distill.train import (
     STATE_FILE,
     DistillationDiverged,
     build_student,
+    match_fresh_resampler,
     merge_lora,
     teacher_cache_path,
     teacher_letter_logits_cached,
@@ -205,3 +206,26 @@ def test_teacher_logits_are_cached_on_disk(world_teacher, train_examples, teache
     torch.testing.assert_close(first, teacher_logits, rtol=0, atol=1e-5)
     torch.save(first + 1, cache)  # a second call must read the file, not recompute
     assert torch.equal(teacher_letter_logits_cached(teacher, tokenizer, train_examples, cache), first + 1)
+
+
+def test_a_fresh_resampler_is_matched_to_the_teacher_before_distillation(world_teacher, train_examples):
+    teacher, tokenizer = world_teacher
+    settings = dataclasses.replace(TRAIN, resampler_match_steps=3)
+    states = []
+    for _ in range(2):  # the same seed gives every process the same starting weights
+        student = _student(teacher, RESAMPLER, settings)
+        before = _state(student)
+        loss = match_fresh_resampler(student, teacher, tokenizer, train_examples, settings, seed=0)
+        assert math.isfinite(loss)
+        changed = _changed(before, _state(student))
+        assert changed and all(k.startswith("connector.") for k in changed)
+        states.append(_state(student))
+    assert not _changed(states[0], states[1])
+    # Nothing to match: a pooled student, or no matching steps.
+    pooled = _student(teacher, POOLED, settings)
+    before = _state(pooled)
+    assert match_fresh_resampler(pooled, teacher, tokenizer, train_examples, settings) is None
+    assert not _changed(before, _state(pooled))
+    assert (
+        match_fresh_resampler(_student(teacher, RESAMPLER), teacher, tokenizer, train_examples, TRAIN) is None
+    )
