@@ -1,10 +1,13 @@
 """How should the search warm up its fresh weights on the demo teacher? (issue 14 follow-up)
 
-`python -m benchmarks.warmup_sweep [--match-steps 0 200] [--steps 0 40 120] [--lr 3e-3 1e-3] [--n 1000]`
+`python -m benchmarks.warmup_sweep [--match-steps 0 200] [--saliency-steps 0 200] [--steps 0 40 120] [--lr 3e-3 1e-3]
+[--n 1000]`
 
 Trials with fresh weights (a from-scratch resampler, a token scorer) are scored after a short warm-up
 (`search.warmup.warm_up_resampler`): optionally `--match-steps` steps of connector matching (a resampler only:
-it learns to reproduce the teacher's projector tokens pooled to its grid, `vlm.connector_match`), then
+it learns to reproduce the teacher's projector tokens pooled to its grid, `vlm.connector_match`) or
+`--saliency-steps` steps of saliency ranking (a scorer only: it learns to rank tokens as the student's gradient
+saliency with every token in the prompt does, `vlm.token_saliency`), then
 `--steps` steps distilled from the teacher's answer letters, only the fresh weights training. This sweeps both
 for the "50% resampler" and "score prune 50%" references of the demo study with reducers (`search.references`,
 `studies/demo-reducers.toml`) at the study's
@@ -29,7 +32,13 @@ from ledger.world import load_split, load_teacher
 from search.references import reference_params
 from search.space import suggest_compression
 from search.trial_eval import SubsetEvaluator
-from search.warmup import ConnectorMatching, load_warmup_set, teacher_letter_logits, warm_up_resampler
+from search.warmup import (
+    ConnectorMatching,
+    ScorerSaliency,
+    load_warmup_set,
+    teacher_letter_logits,
+    warm_up_resampler,
+)
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
 from vlm.evaluate import EvalConfig
@@ -49,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--match-steps", type=int, nargs="+", default=[0, 200], help="resampler only")
     parser.add_argument("--match-lr", type=float, default=3e-3)
+    parser.add_argument("--saliency-steps", type=int, nargs="+", default=[0, 200], help="scorer only")
+    parser.add_argument("--saliency-lr", type=float, default=3e-3)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 40, 120], help="letter steps")
     parser.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-3], help="letter lr")
     parser.add_argument("--n", type=int, default=1000, help="validation questions")
@@ -63,15 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     warmup = load_warmup_set(study, tokenizer, EvalConfig(batch_size=100, show_progress=False))
     logits = teacher_letter_logits(teacher, warmup, study.search.batch_size)
     rows = []
-    print(f"{'config':<18} {'match':>6} {'steps':>6} {'lr':>8} {'accuracy':>9} {'seconds':>8}")
+    print(f"{'config':<18} {'first':>6} {'steps':>6} {'lr':>8} {'accuracy':>9} {'seconds':>8}")
     for name, compression in fresh_weight_configs(teacher.cfg, study.space).items():
         plan = plan_student(teacher.cfg, compression)
-        for match_steps in args.match_steps if compression.resampler_width else [0]:
+        first_phase = args.match_steps if compression.resampler_width else args.saliency_steps
+        for match_steps in first_phase:
             for steps in args.steps:
                 for lr in args.lr[:1] if steps == 0 else args.lr:  # lr is moot without a step
                     torch.manual_seed(0)  # the fresh weights, as a trial draws them
                     student = compress(teacher, compression)
                     matching = ConnectorMatching(teacher.connector, match_steps, args.match_lr)
+                    saliency = ScorerSaliency(match_steps, args.saliency_lr)
                     start = time.perf_counter()
                     loss = warm_up_resampler(
                         student,
@@ -82,14 +95,18 @@ def main(argv: list[str] | None = None) -> None:
                         lr,
                         study.search.resampler_warmup_batch_size,
                         matching=matching,
+                        saliency=saliency,
                     )
                     seconds = time.perf_counter() - start
                     score = evaluator.score(student, plan)
                     rows.append(
                         {
                             "config": name,
-                            "match_steps": match_steps,
-                            "match_lr": args.match_lr,
+                            "first_phase": "matching" if compression.resampler_width else "saliency",
+                            "first_phase_steps": match_steps,
+                            "first_phase_lr": args.match_lr
+                            if compression.resampler_width
+                            else args.saliency_lr,
                             "steps": steps,
                             "lr": lr,
                             "accuracy": score.accuracy,

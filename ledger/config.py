@@ -108,6 +108,10 @@ class SearchSettings:
     # to its grid (`vlm.connector_match`): a dense target, where the letters give four numbers per question.
     resampler_match_steps: int = 0
     resampler_match_lr: float = 3e-3
+    # And a fresh token scorer first learns to rank tokens as the student's gradient saliency does, with
+    # every token in the prompt (`vlm.token_saliency`): the letters only tell it about tokens it keeps.
+    scorer_saliency_steps: int = 0
+    scorer_saliency_lr: float = 3e-3
     # The warm-up's loss: mostly the teacher's letter distribution (KL at this temperature), the rest the gold
     # letter's cross-entropy; fresh weights (a resampler, a token scorer) start far from the teacher's.
     resampler_warmup_kd_weight: float = 0.8
@@ -146,8 +150,10 @@ class SearchSettings:
             )
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise ValueError(f"sampler must be tpe, nsga2 or random, got {self.sampler!r}")
-        if min(self.resampler_warmup_steps, self.resampler_match_steps) < 0:
-            raise ValueError("resampler_warmup_steps and resampler_match_steps must be >= 0")
+        steps = ("resampler_warmup_steps", "resampler_match_steps", "scorer_saliency_steps")
+        negative = [name for name in steps if getattr(self, name) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must be >= 0")
         if min(self.batch_size, self.resampler_warmup_batch_size) < 1:
             raise ValueError("batch_size and resampler_warmup_batch_size must be >= 1")
 

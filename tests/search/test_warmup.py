@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,10 +10,18 @@ import torch
 
 from ledger.config import SearchSettings
 from search.trial_eval import SubsetEvaluator
-from search.warmup import ConnectorMatching, teacher_letter_logits, warm_up_as_study, warm_up_resampler
+from search.warmup import (
+    ConnectorMatching,
+    ScorerSaliency,
+    teacher_letter_logits,
+    warm_up_as_study,
+    warm_up_resampler,
+)
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
-from vlm.evaluate import EvalConfig
+from vlm.evaluate import EvalConfig, encode_mcq, letter_token_ids
+from vlm.processing import collate
+from vlm.token_saliency import token_saliency
 
 RESAMPLER = CompressionConfig(token_grid=3, resampler_width=16)
 POOLED = CompressionConfig(token_grid=3)
@@ -87,7 +96,49 @@ def _load(teacher, state):
     return student
 
 
-@pytest.mark.parametrize("field", ["resampler_match_steps", "resampler_warmup_steps"])
+@pytest.mark.parametrize(
+    "field", ["resampler_match_steps", "resampler_warmup_steps", "scorer_saliency_steps"]
+)
 def test_negative_warm_up_steps_are_refused(field):
     with pytest.raises(ValueError, match=field):
         SearchSettings(**{field: -1})
+
+
+def test_saliency_ranking_trains_only_the_scorer_to_keep_the_salient_tokens(world_teacher, warmup):
+    teacher, _ = world_teacher
+    evaluator, logits = warmup
+    compression = CompressionConfig(keep_tokens_by_score=4)
+    student, plan = _student(teacher, compression)
+    before = _state(student)
+    saliency = ScorerSaliency(steps=60, lr=1e-2)
+    loss = warm_up_resampler(student, plan, evaluator, logits, 0, 3e-3, 4, saliency=saliency)
+    changed = _changed(before, student)
+    assert math.isfinite(loss)
+    assert changed and all(k.startswith("token_selector.scorer.") for k in changed)
+    # The trained scorer's top tokens carry more saliency than the untrained scorer's.
+    untrained, _ = _student(teacher, compression)
+    assert _kept_saliency(student, plan, evaluator) > _kept_saliency(untrained, plan, evaluator)
+
+
+def _kept_saliency(student, plan, evaluator) -> float:
+    """Share of the saliency on the tokens the scorer keeps, over the first 8 warm-up questions."""
+    every_token = dataclasses.replace(student.image_spec, tokens_per_view=plan.token_grid**2)
+    examples = evaluator.examples[:8]
+    batch = collate(
+        [encode_mcq(evaluator.tokenizer, student, every_token, e) for e in examples],
+        evaluator.tokenizer.pad_token_id,
+    )
+    with torch.no_grad():
+        tokens = student.connector(student.encode_vision(batch["images"]))
+    labels = torch.tensor([e.correct_choice_idx for e in examples])
+    saliency = token_saliency(
+        student,
+        batch["input_ids"],
+        batch["attention_mask"],
+        tokens,
+        letter_token_ids(evaluator.tokenizer),
+        labels,
+    )
+    with torch.no_grad():
+        kept = student.token_selector.scorer(tokens).topk(student.token_selector.keep, dim=-1).indices
+    return float(saliency.gather(1, kept).sum() / saliency.sum())
