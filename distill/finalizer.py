@@ -26,6 +26,7 @@ from distill.train import (
     distributed_state,
     match_fresh_resampler,
     merge_lora,
+    rank_fresh_scorer,
     remove_checkpoints,
     teacher_cache_path,
     teacher_letter_logits_cached,
@@ -167,6 +168,7 @@ def finalize(
             )
         student = build_student(teacher, compression, settings)
         match_fresh_resampler(student, teacher, tokenizer, train, settings, seed=config.search.seed)
+        rank_fresh_scorer(student, tokenizer, train, settings, seed=config.search.seed)
         result = train_student(
             student, tokenizer, train, teacher_logits, settings, run_dir, seed=config.search.seed
         )

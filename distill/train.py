@@ -46,6 +46,7 @@ from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids
 from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example
 from vlm.supervised import TrainingSequence, collate_sequences, sequence_loss
+from vlm.token_saliency import every_token_spec, fit_scorer, tokens_and_saliency
 from vlm.tokenizer import IM_END
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,50 @@ def match_fresh_resampler(
         settings.resampler_match_lr,
     )
     logger.info("resampler matched to the teacher's pooled tokens: relative error %.4f", loss)
+    return loss
+
+
+SALIENCY_QUESTIONS = 512  # training questions whose saliency a fresh scorer learns from (one pass)
+
+
+def rank_fresh_scorer(
+    student: VisionLanguageModel,
+    tokenizer,
+    examples: list[VQAExample],
+    settings: DistillSettings,
+    seed: int = 0,
+) -> float | None:
+    """Before distillation, a fresh token scorer learns to rank tokens as the student's saliency with every
+    token in the prompt does (`vlm.token_saliency`), on up to `SALIENCY_QUESTIONS` training questions; returns
+    the last ranking loss, None when there is nothing to train (no scorer, or `scorer_saliency_steps` = 0).
+    Deterministic given `seed`."""
+    selector = student.token_selector
+    if settings.scorer_saliency_steps == 0 or selector is None or selector.scorer is None:
+        return None
+    chosen = random.Random(seed + 2).sample(examples, min(SALIENCY_QUESTIONS, len(examples)))
+    spec = every_token_spec(student)
+    letters = letter_token_ids(tokenizer)
+    batch_size = min(settings.batch_size, len(chosen))
+    pairs = []
+    for start in range(0, len(chosen), batch_size):
+        part = chosen[start : start + batch_size]
+        batch = collate([encode_mcq(tokenizer, student, spec, e) for e in part], tokenizer.pad_token_id)
+        with torch.no_grad():
+            features = student.encode_vision(batch["images"])
+        labels = torch.tensor([e.correct_choice_idx for e in part])
+        pairs.append(tokens_and_saliency(student, batch, features, letters, labels))
+    tokens = torch.cat([t for t, _ in pairs])
+    saliency = torch.cat([s for _, s in pairs])
+    loss = fit_scorer(
+        selector.scorer,
+        tokens,
+        saliency,
+        settings.scorer_saliency_steps,
+        settings.scorer_saliency_lr,
+        4 * batch_size,
+        seed,
+    )
+    logger.info("token scorer fitted to the student's saliency: ranking loss %.4f", loss)
     return loss
 
 

@@ -168,6 +168,10 @@ class DistillSettings:
     # on training images, this many steps at `resampler_match_lr`, before distillation starts.
     resampler_match_steps: int = 0
     resampler_match_lr: float = 3e-3
+    # A fresh token scorer first learns to rank tokens by the student's saliency (`vlm.token_saliency`) on up
+    # to 512 training questions, this many steps at `scorer_saliency_lr`.
+    scorer_saliency_steps: int = 0
+    scorer_saliency_lr: float = 3e-3
     kd_weight: float = 0.7  # share of the KL term; the rest is cross-entropy on the gold answer
     temperature: float = 2.0
     lora_rank: int = 0  # 0 = full fine-tuning of the decoder, >0 = LoRA adapters (merged on save)
@@ -187,8 +191,9 @@ class DistillSettings:
             raise ValueError(
                 f"grad_clip and temperature must be > 0, got {self.grad_clip}, {self.temperature}"
             )
-        if self.resampler_match_steps < 0:
-            raise ValueError(f"resampler_match_steps must be >= 0, got {self.resampler_match_steps}")
+        for name in ("resampler_match_steps", "scorer_saliency_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ random and every resampler trial would score chance.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from vlm.evaluate import EvalConfig, all_letter_logits, encode_mcq, letter_token
 from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.plan import StudentPlan
 from vlm.processing import collate
-from vlm.token_saliency import scorer_ranking_loss, token_saliency
+from vlm.token_saliency import every_token_spec, fit_scorer, tokens_and_saliency
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def warm_up_resampler(
         )
     scorer = student.token_selector.scorer if student.token_selector is not None else None
     if saliency is not None and saliency.steps > 0 and scorer is not None:
-        loss_value = rank_by_saliency(student, plan, warmup, vision_fn, saliency, batch_size, seed)
+        loss_value = rank_by_saliency(student, warmup, vision_fn, saliency, batch_size, seed)
     params = student.fresh_parameters()
     if steps == 0 or not params:
         student.eval()
@@ -177,7 +176,6 @@ def warmup_features(
 
 def rank_by_saliency(
     student: VisionLanguageModel,
-    plan: StudentPlan,
     warmup: SubsetEvaluator,
     vision_fn: Callable,
     saliency: ScorerSaliency,
@@ -186,39 +184,18 @@ def rank_by_saliency(
 ) -> float:
     """Train the student's token scorer alone to rank each view's tokens as their saliency does: saliency from
     one pass over the warm-up questions with every token in the prompt, then `saliency.steps` steps of the
-    listwise loss on the connector outputs. Returns the last loss."""
+    listwise loss on the connector outputs (`vlm.token_saliency`). Returns the last loss."""
     letters = letter_token_ids(warmup.tokenizer)
-    device = next(student.parameters()).device
-    every_token = dataclasses.replace(student.image_spec, tokens_per_view=plan.token_grid**2)
-    encodings = [encode_mcq(warmup.tokenizer, student, every_token, e) for e in warmup.examples]
+    spec = every_token_spec(student)
+    encodings = [encode_mcq(warmup.tokenizer, student, spec, e) for e in warmup.examples]
     labels = torch.tensor([e.correct_choice_idx for e in warmup.examples])
-    pairs: list[
-        tuple[torch.Tensor, torch.Tensor]
-    ] = []  # (connector outputs [views, T, D], saliency [views, T])
+    pairs = []
     for start in range(0, len(encodings), batch_size):
         idx = list(range(start, min(start + batch_size, len(encodings))))
         batch = collate([encodings[i] for i in idx], warmup.tokenizer.pad_token_id)
         features = vision_fn(batch["images"], [warmup.examples[i].question_id for i in idx], batch["n_views"])
-        with torch.no_grad():
-            tokens = student.connector(features.to(device))
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        pairs.append((tokens, token_saliency(student, ids, mask, tokens, letters, labels[idx].to(device))))
+        pairs.append(tokens_and_saliency(student, batch, features, letters, labels[idx]))
     tokens = torch.cat([t for t, _ in pairs])
     targets = torch.cat([s for _, s in pairs])
     scorer = student.token_selector.scorer
-    params = list(scorer.parameters())
-    for param in params:
-        param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=saliency.lr, weight_decay=0.0)
-    views = _batches(tokens.shape[0], min(batch_size * 4, tokens.shape[0]), random.Random(seed + 2))
-    loss_value = float("nan")
-    for _ in range(saliency.steps):
-        idx = next(views)
-        loss = scorer_ranking_loss(scorer(tokens[idx]), targets[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_value = float(loss.detach())
-    for param in params:
-        param.requires_grad_(False)
-    return loss_value
+    return fit_scorer(scorer, tokens, targets, saliency.steps, saliency.lr, 4 * batch_size, seed + 2)

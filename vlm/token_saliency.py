@@ -11,11 +11,14 @@ to rank tokens like the saliency does (a listwise loss per view), on connector o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from vlm.config import ImageSpec
 from vlm.model import VisionLanguageModel
 
 
@@ -42,3 +45,55 @@ def scorer_ranking_loss(scores: torch.Tensor, saliency: torch.Tensor) -> torch.T
     the scorer learns the saliency's ranking, not its scale."""
     target = saliency / saliency.sum(-1, keepdim=True).clamp_min(1e-12)
     return -(target * F.log_softmax(scores.float(), dim=-1)).sum(-1).mean()
+
+
+def every_token_spec(model: VisionLanguageModel) -> ImageSpec:
+    """`model`'s image spec with every connector output in the prompt (no token selection)."""
+    grid = model.connector_config.token_grid or model.cfg.native_token_grid
+    return dataclasses.replace(model.image_spec, tokens_per_view=grid * grid)
+
+
+def tokens_and_saliency(
+    model: VisionLanguageModel,
+    batch: dict,
+    features: torch.Tensor,
+    letter_ids: Sequence[int],
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(connector outputs [views, T, D], their saliency [views, T]) for a batch collated from prompts built with
+    `every_token_spec(model)` and its views' ViT `features`."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        tokens = model.connector(features.to(device))
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    return tokens, token_saliency(model, ids, mask, tokens, letter_ids, labels.to(device))
+
+
+def fit_scorer(
+    scorer: nn.Module,
+    tokens: torch.Tensor,
+    saliency: torch.Tensor,
+    steps: int,
+    lr: float,
+    views_per_step: int,
+    seed: int = 0,
+) -> float:
+    """Train `scorer` alone for `steps` steps of `scorer_ranking_loss` on random views of `tokens` [V, T, D] and
+    their `saliency` [V, T]; returns the last loss. Deterministic given `seed`."""
+    params = list(scorer.parameters())
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    n = tokens.shape[0]
+    loss_value = float("nan")
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=generator)[: min(views_per_step, n)].to(tokens.device)
+        loss = scorer_ranking_loss(scorer(tokens[idx]), saliency[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.detach())
+    for param in params:
+        param.requires_grad_(False)
+    return loss_value

@@ -21,6 +21,7 @@ from distill.train import (
     build_student,
     match_fresh_resampler,
     merge_lora,
+    rank_fresh_scorer,
     teacher_cache_path,
     teacher_letter_logits_cached,
     train_student,
@@ -229,3 +230,23 @@ def test_a_fresh_resampler_is_matched_to_the_teacher_before_distillation(world_t
     assert (
         match_fresh_resampler(_student(teacher, RESAMPLER), teacher, tokenizer, train_examples, TRAIN) is None
     )
+
+
+def test_a_fresh_scorer_learns_the_saliency_ranking_before_distillation(world_teacher, train_examples):
+    teacher, tokenizer = world_teacher
+    settings = dataclasses.replace(TRAIN, scorer_saliency_steps=3)
+    scored = CompressionConfig(keep_tokens_by_score=4)
+    states = []
+    for _ in range(2):
+        student = _student(teacher, scored, settings)
+        before = _state(student)
+        assert math.isfinite(rank_fresh_scorer(student, tokenizer, train_examples, settings, seed=0))
+        changed = _changed(before, _state(student))
+        assert changed and all(k.startswith("token_selector.scorer.") for k in changed)
+        states.append(_state(student))
+    assert not _changed(states[0], states[1])
+    for compression, config in ((RESAMPLER, settings), (scored, TRAIN)):  # no scorer, or no steps
+        student = _student(teacher, compression, config)
+        before = _state(student)
+        assert rank_fresh_scorer(student, tokenizer, train_examples, config) is None
+        assert not _changed(before, _state(student))
