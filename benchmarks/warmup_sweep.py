@@ -4,7 +4,7 @@
 [--n 1000]`
 
 Trials with fresh weights (a from-scratch resampler, a token scorer) are scored after a short warm-up
-(`search.warmup.warm_up_resampler`): optionally `--match-steps` steps of connector matching (a resampler only:
+(`search.warmup.warm_up_fresh_weights`): optionally `--match-steps` steps of connector matching (a resampler only:
 it learns to reproduce the teacher's projector tokens pooled to its grid, `vlm.connector_match`) or
 `--saliency-steps` steps of saliency ranking (a scorer only: it learns to rank tokens as the student's gradient
 saliency with every token in the prompt does, `vlm.token_saliency`), then
@@ -37,7 +37,7 @@ from search.warmup import (
     ScorerSaliency,
     load_warmup_set,
     teacher_letter_logits,
-    warm_up_resampler,
+    warm_up_fresh_weights,
 )
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                     matching = ConnectorMatching(teacher.connector, match_steps, args.match_lr)
                     saliency = ScorerSaliency(match_steps, args.saliency_lr)
                     start = time.perf_counter()
-                    loss = warm_up_resampler(
+                    loss = warm_up_fresh_weights(
                         student,
                         plan,
                         warmup,

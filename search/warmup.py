@@ -1,9 +1,12 @@
-"""Short, fixed-budget warm-up of a freshly initialised resampler or token scorer, distilled from the
-teacher.
+"""Short, fixed-budget warm-up of freshly initialised weights (a resampler, a token scorer) before a trial is
+scored.
 
-Only the fresh weights train; ViT features come from the shared feature cache and the teacher's answer-letter
-logits on the warm-up questions are computed once per study process. Without this a fresh resampler is
-random and every resampler trial would score chance.
+Only the fresh weights train, in up to two phases. First a dense target of their own: a resampler learns the
+teacher's projector tokens pooled to its grid (`vlm.connector_match`), a scorer learns to rank tokens by the
+student's gradient saliency (`vlm.token_saliency`). Then a few steps distilled from the teacher's answer
+letters. ViT features come from the shared feature cache, and the teacher's letter logits on the warm-up
+questions are computed once per study process. Without a warm-up a fresh resampler is random and every
+resampler trial would score chance.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ def warm_up_as_study(
     teacher_logits: torch.Tensor,
     seed: int,
 ) -> float:
-    """`warm_up_resampler` with the study's [search] settings (what a trial with fresh weights gets)."""
-    return warm_up_resampler(
+    """`warm_up_fresh_weights` with the study's [search] settings (what a trial with fresh weights gets)."""
+    return warm_up_fresh_weights(
         student,
         plan,
         warmup,
@@ -94,7 +97,7 @@ def teacher_letter_logits(
     )
 
 
-def warm_up_resampler(
+def warm_up_fresh_weights(
     student: VisionLanguageModel,
     plan: StudentPlan,
     warmup: SubsetEvaluator,
@@ -108,8 +111,8 @@ def warm_up_resampler(
     saliency: ScorerSaliency | None = None,
 ) -> float:
     """Train the student's fresh weights (`fresh_parameters`: a resampler, a token scorer) for `steps` steps
-    on the teacher's letters, after `matching` (a resampler only); returns the last letter loss (the
-    matching loss when `steps` is 0). Deterministic given `seed`."""
+    on the teacher's letters, after `matching` (a resampler only) and `saliency` (a token scorer only); returns
+    the last letter loss (the first phase's loss when `steps` is 0). Deterministic given `seed`."""
     loss_fn = loss_fn or DistillationLoss(kd_weight=0.8, temperature=1.0)
     letters = letter_token_ids(warmup.tokenizer)
     encodings = warmup.encodings(student)

@@ -15,7 +15,7 @@ from search.warmup import (
     ScorerSaliency,
     teacher_letter_logits,
     warm_up_as_study,
-    warm_up_resampler,
+    warm_up_fresh_weights,
 )
 from vlm.compression import compress, plan_student
 from vlm.config import CompressionConfig
@@ -55,7 +55,7 @@ def test_matching_alone_trains_the_resampler_and_nothing_else(world_teacher, war
     student, plan = _student(teacher, RESAMPLER)
     before = _state(student)
     matching = ConnectorMatching(teacher.connector, steps=4, lr=3e-3)
-    loss = warm_up_resampler(student, plan, evaluator, logits, 0, 3e-3, 4, matching=matching)
+    loss = warm_up_fresh_weights(student, plan, evaluator, logits, 0, 3e-3, 4, matching=matching)
     changed = _changed(before, student)
     assert math.isfinite(loss)
     assert changed and all(k.startswith("connector.") for k in changed)
@@ -68,7 +68,7 @@ def test_matching_is_skipped_for_a_student_without_a_resampler(world_teacher, wa
     student, plan = _student(teacher, POOLED)
     before = _state(student)
     matching = ConnectorMatching(teacher.connector, steps=4, lr=3e-3)
-    loss = warm_up_resampler(student, plan, evaluator, logits, 0, 3e-3, 4, matching=matching)
+    loss = warm_up_fresh_weights(student, plan, evaluator, logits, 0, 3e-3, 4, matching=matching)
     assert math.isnan(loss) and not _changed(before, student)
 
 
@@ -111,7 +111,7 @@ def test_saliency_ranking_trains_only_the_scorer_to_keep_the_salient_tokens(worl
     student, plan = _student(teacher, compression)
     before = _state(student)
     saliency = ScorerSaliency(steps=60, lr=1e-2)
-    loss = warm_up_resampler(student, plan, evaluator, logits, 0, 3e-3, 4, saliency=saliency)
+    loss = warm_up_fresh_weights(student, plan, evaluator, logits, 0, 3e-3, 4, saliency=saliency)
     changed = _changed(before, student)
     assert math.isfinite(loss)
     assert changed and all(k.startswith("token_selector.scorer.") for k in changed)
