@@ -204,6 +204,8 @@ def dryrun_study_config(config, teacher_dir: Path, data_dir: Path, scale: DryRun
             config.search,
             early_stop_min_samples=min(config.search.early_stop_min_samples, scale.questions),
             resampler_warmup_steps=scale.warmup_steps,
+            resampler_match_steps=min(config.search.resampler_match_steps, scale.warmup_steps),
+            scorer_saliency_steps=min(config.search.scorer_saliency_steps, scale.warmup_steps),
             # A batch repeats questions once it exceeds the warm-up set: 16 copies of 2 questions would only
             # multiply the time (the measured memory per question is scaled up in the estimate instead).
             resampler_warmup_batch_size=min(config.search.resampler_warmup_batch_size, scale.warmup),
@@ -420,6 +422,14 @@ def estimate_real_study(config, teacher_cfg, rows: list[dict]) -> dict:
             for f in fresh
         ),
     }
+    if search.scorer_saliency_steps:
+        # A scorer's saliency: one forward and backward over the warm-up set with every token in the prompt
+        # (views from the warm-up's feature cache; connector and decoder bounded by the teacher's; the scorer's
+        # own steps are negligible).
+        scorers = sum(1 for c in valid if c.keep_tokens_by_score is not None)
+        parts["warm-up: scorer saliency (score-pruning trials)"] = (
+            scorers * data.warmup_size * 3 * (teacher["total"] - teacher["vision"])
+        )
     train_questions = distill.train_size or A_OKVQA_TRAIN
     parts["finalize: teacher outputs on the train split"] = train_questions * teacher["total"]
     # Full fine-tuning of a teacher-sized student (an upper bound for a compressed one): forward + backward.
