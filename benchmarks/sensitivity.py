@@ -5,8 +5,9 @@ prints accuracy (with its 95% interval), the exact paired (McNemar) p-value of i
 teacher on the same questions, and analytic FLOPs per question on the demo validation split for:
 the teacher, global view only, 6x6, 4x4 and 2x2 tokens per view, 3/4 and half the view size, a quarter of the decoder
 blocks dropped, a quarter of the encoder blocks dropped (least important first, as the search drops them),
-the token reducers (50% of the tokens kept by norm, 50% kept by a scorer after the demo study's warm-up,
-token merging at 4, 8 and 12 tokens per encoder block), and the same questions with blank images.
+a 50% resampler (6x6 queries), the token reducers (50% of the tokens kept by norm, 50% and 25% by a scorer, token
+merging at 4, 8 and 12 tokens per encoder block; fresh weights after the demo study's warm-up), and the same
+questions with blank images.
 `--only NAME [NAME ...]` evaluates just those rows (plus the teacher, which every row is compared with).
 """
 
@@ -47,8 +48,12 @@ def knob_configs(cfg, decoder_order, encoder_order) -> dict[str, CompressionConf
         "1/4 encoder layers dropped": CompressionConfig(
             drop_encoder_layers=tuple(encoder_order[:quarter_enc])
         ),
+        # The demo study's reference: 6x6 queries at width 64, from scratch, after the study's warm-up.
+        "50% resampler (warmed up)": CompressionConfig(token_grid=6, resampler_width=64),
         "norm drop 50%": CompressionConfig(keep_tokens_by_norm=cfg.mp_image_token_length // 2),
         "score prune 50% (warmed up)": CompressionConfig(keep_tokens_by_score=cfg.mp_image_token_length // 2),
+        # The demo-reducers study's smallest keep fraction: its strongest pruning.
+        "score prune 25% (warmed up)": CompressionConfig(keep_tokens_by_score=cfg.mp_image_token_length // 4),
         "merge r=4 per block": CompressionConfig(merge_per_block=4),
         "merge r=8 per block": CompressionConfig(merge_per_block=8),
         # The demo-reducers study's largest r: 64 patches lose 48 of them over the 4 encoder blocks.
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and name != "teacher" and name not in args.only:
             continue
         plan = plan_student(teacher.cfg, compression)
-        torch.manual_seed(0)  # a scorer's fresh weights
+        torch.manual_seed(0)  # a resampler's or scorer's fresh weights
         student = compress(teacher, compression)
         if compression.has_fresh_weights:  # as the demo study does before scoring such a trial
             warm_up(student, plan, teacher, tokenizer)
