@@ -58,6 +58,7 @@ def match_resampler(
     grid = math.isqrt(resampler.num_queries)
     reference_dtype = next(reference.parameters()).dtype
     params = list(resampler.parameters())
+    was_trainable = [param.requires_grad for param in params]  # put back after: distillation trains them
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -77,6 +78,6 @@ def match_resampler(
         optimizer.step()
         loss_value = float(loss.detach())
     resampler.eval()
-    for param in params:
-        param.requires_grad_(False)
+    for param, trainable in zip(params, was_trainable):
+        param.requires_grad_(trainable)
     return loss_value

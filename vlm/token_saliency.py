@@ -81,6 +81,7 @@ def fit_scorer(
     """Train `scorer` alone for `steps` steps of `scorer_ranking_loss` on random views of `tokens` [V, T, D] and
     their `saliency` [V, T]; returns the last loss. Deterministic given `seed`."""
     params = list(scorer.parameters())
+    was_trainable = [param.requires_grad for param in params]  # put back after: distillation trains them
     for param in params:
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -94,6 +95,6 @@ def fit_scorer(
         loss.backward()
         optimizer.step()
         loss_value = float(loss.detach())
-    for param in params:
-        param.requires_grad_(False)
+    for param, trainable in zip(params, was_trainable):
+        param.requires_grad_(trainable)
     return loss_value

@@ -250,3 +250,25 @@ def test_a_fresh_scorer_learns_the_saliency_ranking_before_distillation(world_te
         before = _state(student)
         assert rank_fresh_scorer(student, tokenizer, train_examples, config) is None
         assert not _changed(before, _state(student))
+
+
+@pytest.mark.parametrize(
+    ("compression", "prefix", "first_phase"),
+    [
+        (RESAMPLER, "connector.", {"resampler_match_steps": 2}),
+        (CompressionConfig(keep_tokens_by_score=4), "token_selector.scorer.", {"scorer_saliency_steps": 2}),
+    ],
+    ids=["matched resampler", "ranked scorer"],
+)
+def test_distillation_goes_on_training_the_weights_the_first_phase_trained(
+    compression, prefix, first_phase, world_teacher, train_examples, teacher_logits, tmp_path
+):
+    teacher, tokenizer = world_teacher
+    settings = dataclasses.replace(TRAIN, **first_phase)
+    student = _student(teacher, compression, settings)
+    match_fresh_resampler(student, teacher, tokenizer, train_examples, settings)
+    rank_fresh_scorer(student, tokenizer, train_examples, settings)
+    after_first_phase = _state(student)
+    train_student(student, tokenizer, train_examples, teacher_logits, settings, tmp_path / "run")
+    changed = _changed(after_first_phase, _state(student))
+    assert any(k.startswith(prefix) for k in changed), sorted(changed)[:5]

@@ -52,7 +52,8 @@ def test_matching_trains_only_the_resampler_towards_the_targets(tiny_model):
     assert after < 0.5 * before, (before, after)  # it generalises to features it never saw
     assert torch.equal(tiny_model.connector.proj.weight, reference_weight)
     assert all(torch.equal(v, decoder_before[k]) for k, v in student.decoder.state_dict().items())
-    assert not any(p.requires_grad for p in student.connector.parameters())
+    # Trainable before, trainable after: distillation goes on training a matched resampler.
+    assert all(p.requires_grad for p in student.connector.parameters())
 
 
 def test_the_same_seed_and_batches_give_the_same_resampler(tiny_model):
