@@ -185,6 +185,8 @@ def match_fresh_resampler(
     multi-process run starts from the same weights."""
     if settings.resampler_match_steps == 0 or not isinstance(student.connector, PerceiverResampler):
         return None
+    if not examples:
+        return None  # train_student says what is wrong
     spec = student.image_spec
     batch_size = min(settings.batch_size, len(examples))
     rng = random.Random(seed + 1)
@@ -223,8 +225,8 @@ def rank_fresh_scorer(
     the last ranking loss, None when there is nothing to train (no scorer, or `scorer_saliency_steps` = 0).
     Deterministic given `seed`."""
     selector = student.token_selector
-    if settings.scorer_saliency_steps == 0 or selector is None or selector.scorer is None:
-        return None
+    if settings.scorer_saliency_steps == 0 or selector is None or selector.scorer is None or not examples:
+        return None  # (no questions: train_student says so)
     chosen = random.Random(seed + 2).sample(examples, min(SALIENCY_QUESTIONS, len(examples)))
     spec = every_token_spec(student)
     letters = letter_token_ids(tokenizer)

@@ -215,6 +215,8 @@ def dryrun_study_config(config, teacher_dir: Path, data_dir: Path, scale: DryRun
         distill=replace(
             config.distill,
             steps=scale.distill_steps,
+            resampler_match_steps=min(config.distill.resampler_match_steps, scale.distill_steps),
+            scorer_saliency_steps=min(config.distill.scorer_saliency_steps, scale.distill_steps),
             checkpoint_every=scale.checkpoint_every,
             train_size=scale.distill_train,
         ),

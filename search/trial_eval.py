@@ -131,8 +131,10 @@ class SubsetEvaluator:
         self.features = FeatureCache(feature_cache_bytes)
         self.fill = FillStats()
 
-    def encodings(self, model: VisionLanguageModel) -> list[Encoded]:
-        spec = model.image_spec
+    def encodings(self, model: VisionLanguageModel, spec: ImageSpec | None = None) -> list[Encoded]:
+        """The examples' prompts and views for `model`, built once per image spec (default: the model's;
+        a scorer's saliency pass asks for every token's)."""
+        spec = spec or model.image_spec
         if spec in self._encodings:
             self.encoding_stats.hits += 1
         else:

@@ -24,7 +24,7 @@ from ledger.world import load_split
 from search.trial_eval import SubsetEvaluator, vision_key
 from vlm.connector_match import match_resampler
 from vlm.distillation import DistillationLoss
-from vlm.evaluate import EvalConfig, all_letter_logits, encode_mcq, letter_token_ids, mcq_letter_logits
+from vlm.evaluate import EvalConfig, all_letter_logits, letter_token_ids, mcq_letter_logits
 from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.plan import StudentPlan
 from vlm.processing import collate
@@ -189,8 +189,7 @@ def rank_by_saliency(
     one pass over the warm-up questions with every token in the prompt, then `saliency.steps` steps of the
     listwise loss on the connector outputs (`vlm.token_saliency`). Returns the last loss."""
     letters = letter_token_ids(warmup.tokenizer)
-    spec = every_token_spec(student)
-    encodings = [encode_mcq(warmup.tokenizer, student, spec, e) for e in warmup.examples]
+    encodings = warmup.encodings(student, every_token_spec(student))
     labels = torch.tensor([e.correct_choice_idx for e in warmup.examples])
     pairs = []
     for start in range(0, len(encodings), batch_size):

@@ -35,7 +35,9 @@ def can_match(reference: nn.Module, features: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def connector_targets(reference: PixelShuffleProjector, features: torch.Tensor, grid: int) -> torch.Tensor:
-    """The teacher projector's tokens for `features` [N, P, D_vit], pooled to grid x grid: [N, grid^2, D_lm]."""
+    """The teacher projector's tokens for `features` [N, P, D_vit], pooled to grid x grid: [N, grid^2, D_lm].
+    A grid finer than the projector's output (a small view's resampler keeps the teacher's query count)
+    repeats its tokens: the same information as pooling, spread over the resampler's queries."""
     return pool_token_grid(reference(features), grid)
 
 
@@ -67,8 +69,10 @@ def match_resampler(
     for _ in range(steps):
         batch = next(features)
         if not can_match(reference, batch):
-            logger.info(
-                "no connector matching: the teacher's projector cannot shuffle %d patches", batch.shape[1]
+            logger.warning(
+                "no connector matching: the teacher's projector cannot shuffle %d patches; the resampler "
+                "gets only the letter warm-up",
+                batch.shape[1],
             )
             break
         targets = connector_targets(reference, batch.to(reference_dtype), grid)

@@ -37,7 +37,7 @@ def token_saliency(
     logits = model.language_forward(input_ids, x, attention_mask, logits_to_keep=1)[:, -1, list(letter_ids)]
     log_p = F.log_softmax(logits.float(), dim=-1).gather(1, labels.view(-1, 1)).sum()
     (grad,) = torch.autograd.grad(log_p, x)
-    return (grad * x).sum(-1).abs().detach()
+    return (grad.float() * x.float()).sum(-1).abs().detach()  # float32: D products summed (bf16 models)
 
 
 def scorer_ranking_loss(scores: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:

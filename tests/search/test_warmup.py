@@ -142,3 +142,22 @@ def _kept_saliency(student, plan, evaluator) -> float:
     with torch.no_grad():
         kept = student.token_selector.scorer(tokens).topk(student.token_selector.keep, dim=-1).indices
     return float(saliency.gather(1, kept).sum() / saliency.sum())
+
+
+def test_the_study_settings_decide_the_scorer_warm_up(world_teacher, warmup):
+    teacher, _ = world_teacher
+    evaluator, logits = warmup
+    compression = CompressionConfig(keep_tokens_by_score=4)
+    states = {}
+    for saliency_steps in (0, 3):
+        student, plan = _student(teacher, compression)
+        search = SearchSettings(resampler_warmup_steps=0, scorer_saliency_steps=saliency_steps)
+        warm_up_as_study(student, plan, teacher, search, evaluator, logits, seed=0)
+        states[saliency_steps] = _state(student)
+    changed = _changed(states[0], _load_into(_student(teacher, compression)[0], states[3]))
+    assert changed and all(k.startswith("token_selector.scorer.") for k in changed)
+
+
+def _load_into(student, state):
+    student.load_state_dict(state)
+    return student
