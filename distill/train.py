@@ -46,7 +46,7 @@ from vlm.evaluate import all_letter_logits, encode_mcq, letter_token_ids
 from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.processing import collate, da_user_text, encode_example
 from vlm.supervised import TrainingSequence, collate_sequences, sequence_loss
-from vlm.token_saliency import every_token_spec, fit_scorer, tokens_and_saliency
+from vlm.token_saliency import every_token_spec, fit_scorer_to_saliency
 from vlm.tokenizer import IM_END
 
 logger = logging.getLogger(__name__)
@@ -229,22 +229,20 @@ def rank_fresh_scorer(
         return None  # (no questions: train_student says so)
     chosen = random.Random(seed + 2).sample(examples, min(SALIENCY_QUESTIONS, len(examples)))
     spec = every_token_spec(student)
-    letters = letter_token_ids(tokenizer)
     batch_size = min(settings.batch_size, len(chosen))
-    pairs = []
-    for start in range(0, len(chosen), batch_size):
-        part = chosen[start : start + batch_size]
-        batch = collate([encode_mcq(tokenizer, student, spec, e) for e in part], tokenizer.pad_token_id)
-        with torch.no_grad():
-            features = student.encode_vision(batch["images"])
-        labels = torch.tensor([e.correct_choice_idx for e in part])
-        pairs.append(tokens_and_saliency(student, batch, features, letters, labels))
-    tokens = torch.cat([t for t, _ in pairs])
-    saliency = torch.cat([s for _, s in pairs])
-    loss = fit_scorer(
-        selector.scorer,
-        tokens,
-        saliency,
+
+    def batches():
+        for start in range(0, len(chosen), batch_size):
+            part = chosen[start : start + batch_size]
+            batch = collate([encode_mcq(tokenizer, student, spec, e) for e in part], tokenizer.pad_token_id)
+            with torch.no_grad():  # (not around the yield: the caller needs gradients)
+                features = student.encode_vision(batch["images"])
+            yield batch, features, torch.tensor([e.correct_choice_idx for e in part])
+
+    loss = fit_scorer_to_saliency(
+        student,
+        batches(),
+        letter_token_ids(tokenizer),
         settings.scorer_saliency_steps,
         settings.scorer_saliency_lr,
         4 * batch_size,

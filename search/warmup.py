@@ -28,7 +28,7 @@ from vlm.evaluate import EvalConfig, all_letter_logits, letter_token_ids, mcq_le
 from vlm.model import PerceiverResampler, VisionLanguageModel
 from vlm.plan import StudentPlan
 from vlm.processing import collate
-from vlm.token_saliency import every_token_spec, fit_scorer, tokens_and_saliency
+from vlm.token_saliency import every_token_spec, fit_scorer_to_saliency
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +188,17 @@ def rank_by_saliency(
     """Train the student's token scorer alone to rank each view's tokens as their saliency does: saliency from
     one pass over the warm-up questions with every token in the prompt, then `saliency.steps` steps of the
     listwise loss on the connector outputs (`vlm.token_saliency`). Returns the last loss."""
-    letters = letter_token_ids(warmup.tokenizer)
     encodings = warmup.encodings(student, every_token_spec(student))
     labels = torch.tensor([e.correct_choice_idx for e in warmup.examples])
-    pairs = []
-    for start in range(0, len(encodings), batch_size):
-        idx = list(range(start, min(start + batch_size, len(encodings))))
-        batch = collate([encodings[i] for i in idx], warmup.tokenizer.pad_token_id)
-        features = vision_fn(batch["images"], [warmup.examples[i].question_id for i in idx], batch["n_views"])
-        pairs.append(tokens_and_saliency(student, batch, features, letters, labels[idx]))
-    tokens = torch.cat([t for t, _ in pairs])
-    targets = torch.cat([s for _, s in pairs])
-    scorer = student.token_selector.scorer
-    return fit_scorer(scorer, tokens, targets, saliency.steps, saliency.lr, 4 * batch_size, seed + 2)
+
+    def batches():
+        for start in range(0, len(encodings), batch_size):
+            idx = list(range(start, min(start + batch_size, len(encodings))))
+            batch = collate([encodings[i] for i in idx], warmup.tokenizer.pad_token_id)
+            ids = [warmup.examples[i].question_id for i in idx]
+            yield batch, vision_fn(batch["images"], ids, batch["n_views"]), labels[idx]
+
+    letters = letter_token_ids(warmup.tokenizer)
+    return fit_scorer_to_saliency(
+        student, batches(), letters, saliency.steps, saliency.lr, 4 * batch_size, seed + 2
+    )

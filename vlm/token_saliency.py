@@ -12,7 +12,7 @@ to rank tokens like the saliency does (a listwise loss per view), on connector o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +98,23 @@ def fit_scorer(
     for param, trainable in zip(params, was_trainable):
         param.requires_grad_(trainable)
     return loss_value
+
+
+def fit_scorer_to_saliency(
+    model: VisionLanguageModel,
+    batches: Iterable[tuple[dict, torch.Tensor, torch.Tensor]],
+    letter_ids: Sequence[int],
+    steps: int,
+    lr: float,
+    views_per_step: int,
+    seed: int = 0,
+) -> float:
+    """One saliency pass over `batches` ((batch collated with `every_token_spec(model)`, its views' ViT
+    features, gold letter indices) each), then `fit_scorer` on the model's token scorer; returns the last
+    ranking loss."""
+    pairs = [
+        tokens_and_saliency(model, batch, features, letter_ids, labels) for batch, features, labels in batches
+    ]
+    tokens = torch.cat([t for t, _ in pairs])
+    saliency = torch.cat([s for _, s in pairs])
+    return fit_scorer(model.token_selector.scorer, tokens, saliency, steps, lr, views_per_step, seed)
