@@ -49,13 +49,18 @@ def _changed(before: dict, model) -> set[str]:
     return {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
 
 
-def test_matching_alone_trains_the_resampler_and_nothing_else(world_teacher, warmup):
-    teacher, _ = world_teacher
+def _matched(teacher, warmup, compression):
+    """(student, its weights before, the loss) after 4 matching steps and no letter steps."""
     evaluator, logits = warmup
-    student, plan = _student(teacher, RESAMPLER)
+    student, plan = _student(teacher, compression)
     before = _state(student)
     matching = ConnectorMatching(teacher.connector, steps=4, lr=3e-3)
     loss = warm_up_fresh_weights(student, plan, evaluator, logits, 0, 3e-3, 4, matching=matching)
+    return student, before, loss
+
+
+def test_matching_alone_trains_the_resampler_and_nothing_else(world_teacher, warmup):
+    student, before, loss = _matched(world_teacher[0], warmup, RESAMPLER)
     changed = _changed(before, student)
     assert math.isfinite(loss)
     assert changed and all(k.startswith("connector.") for k in changed)
@@ -63,12 +68,7 @@ def test_matching_alone_trains_the_resampler_and_nothing_else(world_teacher, war
 
 
 def test_matching_is_skipped_for_a_student_without_a_resampler(world_teacher, warmup):
-    teacher, _ = world_teacher
-    evaluator, logits = warmup
-    student, plan = _student(teacher, POOLED)
-    before = _state(student)
-    matching = ConnectorMatching(teacher.connector, steps=4, lr=3e-3)
-    loss = warm_up_fresh_weights(student, plan, evaluator, logits, 0, 3e-3, 4, matching=matching)
+    student, before, loss = _matched(world_teacher[0], warmup, POOLED)
     assert math.isnan(loss) and not _changed(before, student)
 
 
@@ -87,13 +87,7 @@ def test_the_study_settings_decide_the_warm_up(world_teacher, warmup):
         again, _ = _student(teacher, RESAMPLER)
         warm_up_as_study(again, plan, teacher, search, evaluator, logits, seed=0)
         assert not _changed(states[match_steps], again)
-    assert _changed(states[0], _load(teacher, states[3]))
-
-
-def _load(teacher, state):
-    student, _ = _student(teacher, RESAMPLER)
-    student.load_state_dict(state)
-    return student
+    assert _changed(states[0], _load_into(_student(teacher, RESAMPLER)[0], states[3]))
 
 
 @pytest.mark.parametrize(
