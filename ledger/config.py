@@ -90,7 +90,31 @@ class SpaceSettings:
 
 
 @dataclass(frozen=True)
-class SearchSettings:
+class FreshWeightsSettings:
+    """First phases for the weights a compressed student adds from scratch, before any letter steps: the
+    search's warm-up (`[search]`) and finalize (`[distill]`) each have their own. 0 steps: the phase is off
+    (the default, so a study recorded before these phases existed still reads truthfully)."""
+
+    # A fresh resampler learns to reproduce the teacher's projector tokens pooled to its grid
+    # (`vlm.connector_match`): a dense target, where the letters give four numbers per question.
+    resampler_match_steps: int = 0
+    resampler_match_lr: float = 3e-3
+    # A fresh token scorer learns to rank tokens as the student's gradient saliency does, with every token in
+    # the prompt (`vlm.token_saliency`): the letters only tell it about tokens it keeps.
+    scorer_saliency_steps: int = 0
+    scorer_saliency_lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        for name in ("resampler_match_steps", "scorer_saliency_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("resampler_match_lr", "scorer_saliency_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class SearchSettings(FreshWeightsSettings):
     constraint_ratio: float = 0.85  # keep accuracy >= ratio * X
     sampler: str = "tpe"  # tpe | nsga2 | random
     tpe_startup_trials: int = 20  # random trials (after the references) before TPE models the results
@@ -102,16 +126,9 @@ class SearchSettings:
     promotion_margin: float = (
         0.03  # infeasible trials within this (absolute accuracy) below the line may be promoted
     )
+    # Letter steps of the warm-up of fresh weights, after its first phases (`FreshWeightsSettings`).
     resampler_warmup_steps: int = 40
     resampler_warmup_lr: float = 3e-3
-    # Before those letter steps, a fresh resampler learns to reproduce the teacher's projector tokens pooled
-    # to its grid (`vlm.connector_match`): a dense target, where the letters give four numbers per question.
-    resampler_match_steps: int = 0
-    resampler_match_lr: float = 3e-3
-    # And a fresh token scorer first learns to rank tokens as the student's gradient saliency does, with
-    # every token in the prompt (`vlm.token_saliency`): the letters only tell it about tokens it keeps.
-    scorer_saliency_steps: int = 0
-    scorer_saliency_lr: float = 3e-3
     # The warm-up's loss: mostly the teacher's letter distribution (KL at this temperature), the rest the gold
     # letter's cross-entropy; fresh weights (a resampler, a token scorer) start far from the teacher's.
     resampler_warmup_kd_weight: float = 0.8
@@ -136,6 +153,7 @@ class SearchSettings:
     exact_stage_memory: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.cost not in ("flops", "latency"):
             raise ValueError(f"cost must be 'flops' or 'latency', got {self.cost!r}")
         if self.latency_questions < 1 or self.latency_repeats < 1 or self.latency_warmup < 0:
@@ -150,28 +168,20 @@ class SearchSettings:
             )
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise ValueError(f"sampler must be tpe, nsga2 or random, got {self.sampler!r}")
-        steps = ("resampler_warmup_steps", "resampler_match_steps", "scorer_saliency_steps")
-        negative = [name for name in steps if getattr(self, name) < 0]
-        if negative:
-            raise ValueError(f"{', '.join(negative)} must be >= 0")
+        if self.resampler_warmup_steps < 0:
+            raise ValueError(f"resampler_warmup_steps must be >= 0, got {self.resampler_warmup_steps}")
         if min(self.batch_size, self.resampler_warmup_batch_size) < 1:
             raise ValueError("batch_size and resampler_warmup_batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
-class DistillSettings:
+class DistillSettings(FreshWeightsSettings):
+    # Before distillation starts, the first phases (`FreshWeightsSettings`) run on training images; the scorer
+    # learns from up to 512 training questions.
     steps: int = 300
     batch_size: int = 16  # the global batch: under `accelerate launch` each process trains on its share
     lr: float = 5e-4
     resampler_lr: float = 3e-3
-    # A fresh resampler first learns the teacher's projector tokens pooled to its grid (`vlm.connector_match`)
-    # on training images, this many steps at `resampler_match_lr`, before distillation starts.
-    resampler_match_steps: int = 0
-    resampler_match_lr: float = 3e-3
-    # A fresh token scorer first learns to rank tokens by the student's saliency (`vlm.token_saliency`) on up
-    # to 512 training questions, this many steps at `scorer_saliency_lr`.
-    scorer_saliency_steps: int = 0
-    scorer_saliency_lr: float = 3e-3
     kd_weight: float = 0.7  # share of the KL term; the rest is cross-entropy on the gold answer
     temperature: float = 2.0
     lora_rank: int = 0  # 0 = full fine-tuning of the decoder, >0 = LoRA adapters (merged on save)
@@ -183,6 +193,7 @@ class DistillSettings:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA when supported) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.da_fraction <= 1 or not 0 <= self.kd_weight <= 1:
             raise ValueError(
                 f"da_fraction and kd_weight must be in [0, 1], got {self.da_fraction}, {self.kd_weight}"
@@ -191,9 +202,6 @@ class DistillSettings:
             raise ValueError(
                 f"grad_clip and temperature must be > 0, got {self.grad_clip}, {self.temperature}"
             )
-        for name in ("resampler_match_steps", "scorer_saliency_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

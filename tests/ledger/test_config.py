@@ -103,6 +103,17 @@ def test_search_settings_validation(kwargs, message):
         SearchSettings(**kwargs)
 
 
+@pytest.mark.parametrize("section", ["search", "distill"])
+@pytest.mark.parametrize(
+    "key, value",
+    [("resampler_match_steps", -1), ("scorer_saliency_steps", -5), ("resampler_match_lr", 0.0)]
+    + [("scorer_saliency_lr", -1e-3)],
+)
+def test_both_sections_check_the_fresh_weights_first_phases(section, key, value):
+    with pytest.raises(ValueError, match=key):
+        study_config_from_dict({"name": "x", section: {key: value}})
+
+
 def test_validation_errors_surface_through_the_loader():
     with pytest.raises(ValueError, match="token_grid"):
         study_config_from_dict({"name": "x", "space": {"token_grid": [5, 2]}})
