@@ -35,6 +35,7 @@ from distill.train import (
 from ledger.config import StudyConfig
 from ledger.records import (
     FinalizedRecord,
+    check_world,
     failure_reason,
     read_baseline,
     read_promoted,
@@ -42,7 +43,7 @@ from ledger.records import (
     trial_config,
 )
 from ledger.rules import promoted_trials, record_promotion
-from ledger.world import load_split, load_teacher, teacher_path
+from ledger.world import load_split, load_teacher, teacher_digest
 from vlm.atomic import write_json
 from vlm.checkpoint import load_pretrained, save_pretrained
 from vlm.compression import compress, plan_student
@@ -148,6 +149,8 @@ def finalize(
     run_dir = config.artifacts_dir / "finalize" / f"trial-{trial.number}"
     model_dir = run_dir / "model"
     teacher, tokenizer = load_teacher(config.model)
+    teacher_id = teacher_digest(config.model)
+    check_world(study, {"teacher": teacher_id}, record=False)  # distil from the teacher the search scored
     plan = plan_student(teacher.cfg, compression)
 
     # ----- distill (resumable) ------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def finalize(
         train = load_split(
             config.data, config.data.train_split, settings.train_size, seed=settings.train_seed
         )
-        cache = teacher_cache_path(config.artifacts_dir / "cache", teacher_path(config.model), train)
+        cache = teacher_cache_path(config.artifacts_dir / "cache", teacher_id, train)
         with state.main_process_first():  # the main process computes and caches them, the others read them
             teacher_logits = teacher_letter_logits_cached(
                 teacher, tokenizer, train, cache, config.search.batch_size

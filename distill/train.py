@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ledger.config import DistillSettings
+from ledger.world import questions_digest
 from vlm.atomic import atomic_file, replace_dir
 from vlm.checkpoint import disk_full_as_error, require_free_space
 from vlm.compression import compress
@@ -80,9 +81,9 @@ class TrainResult:
 
 
 def teacher_cache_path(cache_dir: Path, teacher_id: str, examples: list[VQAExample]) -> Path:
-    digest = hashlib.sha1(
-        (teacher_id + "|" + ",".join(e.question_id for e in examples)).encode()
-    ).hexdigest()[:16]
+    """Where the teacher's letter logits on `examples` are cached. `teacher_id` names the weights (a digest,
+    `ledger.world.teacher_digest`); the questions count by content, not by id (`questions_digest`)."""
+    digest = hashlib.sha1(f"{teacher_id}|{questions_digest(examples)}".encode()).hexdigest()[:16]
     return cache_dir / f"teacher-letter-logits-{digest}.pt"
 
 

@@ -5,6 +5,8 @@ Study user attributes
 - `study_config`: the settings the search ran with (`StudyConfig.to_dict()`), and `flop_convention`: how
   FLOPs are counted. Feasibility and promotion use the ratio recorded here, never today's TOML.
 - `block_importance`: the layer ranking the search drops blocks by.
+- `world`: digests of the teacher's weights and of the search subset's questions (`check_world`): a study
+  describes one teacher on one set of questions, and refuses to go on with another.
 - `promoted`: the promoted trials (`PromotedTrial` rows), written by `distill.promote` or `distill.finalize`.
 - `finalized:<N>` (`FinalizedRecord`): trial N distilled and evaluated on the whole validation split.
 
@@ -36,6 +38,7 @@ FLOP_CONVENTION = "flop_convention"
 BLOCK_IMPORTANCE = "block_importance"
 PROMOTED = "promoted"
 FINALIZED_PREFIX = "finalized:"
+WORLD = "world"
 REFERENCE = "reference"
 CONFIG = "config"
 INVALID_REASON = "invalid_reason"
@@ -101,6 +104,36 @@ def read_baseline(study: optuna.Study) -> Baseline:
             f"{study.study_name}` first"
         )
     return Baseline.from_attr(value)
+
+
+class WorldMismatchError(UsageError):
+    """The study was searched with another teacher or on other questions than the ones configured now."""
+
+
+WORLD_PARTS = {"teacher": "teacher (its weights)", "subset": "search subset (its questions)"}
+
+
+def check_world(study: optuna.Study, world: dict[str, str], record: bool = True) -> None:
+    """Refuse to go on with a study recorded with another teacher or subset (`world`: part -> digest, parts of
+    `WORLD_PARTS`); a study with no record gets `world` when `record` (the search; finalize only checks).
+
+    Its X, trials and promotions describe the world it was searched in: mixing two teachers' trials in one
+    front, or distilling against a teacher the search never scored, would be silently wrong."""
+    recorded = study.user_attrs.get(WORLD)
+    if recorded is None:
+        if record:
+            study.set_user_attr(WORLD, dict(world))
+        return
+    changed = [part for part in world if part in recorded and recorded[part] != world[part]]
+    if changed:
+        what = " and ".join(WORLD_PARTS.get(part, part) for part in changed)
+        digests = ", ".join(f"{part} {recorded[part]} -> {world[part]}" for part in changed)
+        raise WorldMismatchError(
+            f"study {study.study_name!r} was searched with another {what} ({digests}): its X, trials and "
+            "promotions describe that one. Start a new study (another study name, or another --storage), or "
+            "delete the study's database (studies/<name>.db for the default SQLite storage) and its folder "
+            "studies/<name>/ to search again from scratch"
+        )
 
 
 def record_settings(study: optuna.Study, settings: dict, flop_convention: str) -> None:

@@ -6,13 +6,15 @@ else is a hub id or a local path; when the hub is unreachable we fail fast, nami
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import torch
 
 from ledger.config import DEMO, DataSettings, ModelSettings
-from vlm.checkpoint import TOKENIZER_DIR, load_pretrained
+from vlm.checkpoint import TOKENIZER_DIR, load_pretrained, weights_digest
 from vlm.data import DataConfig, VQAExample, load_examples
 from vlm.hub import hub_reachable
 from vlm.model import VisionLanguageModel
@@ -53,6 +55,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def teacher_digest(settings: ModelSettings) -> str:
+    """Which teacher weights a study describes: `vlm.checkpoint.weights_digest` of the configured teacher."""
+    return weights_digest(teacher_path(settings))
+
+
+def questions_digest(examples: list[VQAExample]) -> str:
+    """SHA-256 (first 16 hex digits) of what the questions ask: ids, text, choices, answer, image size.
+
+    The ids alone would not do: another version of the demo generator writes other questions under the
+    same ids."""
+    content = [
+        [e.question_id, e.question, list(e.choices), e.correct_choice_idx, list(e.image.size)]
+        for e in examples
+    ]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
 
 def load_teacher(settings: ModelSettings) -> tuple[VisionLanguageModel, object]:

@@ -25,11 +25,12 @@ from ledger.records import (
     Baseline,
     LatencyRecord,
     TrialRecord,
+    check_world,
     record_config,
     record_constraint,
     record_settings,
 )
-from ledger.world import load_split, load_teacher
+from ledger.world import load_split, load_teacher, questions_digest, teacher_digest
 from search.claims import measure_once
 from search.importance import block_influence, drop_order
 from search.space import check_space, suggest_compression
@@ -54,6 +55,9 @@ class SearchContext:
         eval_config = EvalConfig(batch_size=config.search.batch_size, show_progress=False)
         cache_bytes = config.search.feature_cache_mb << 20
         subset = load_split(data, data.split, data.subset_size)
+        # A study describes one teacher on one set of questions: refuse to mix in another (a retrained or
+        # edited teacher under the same path, a new demo generator writing other questions under the same ids).
+        check_world(study, {"teacher": teacher_digest(config.model), "subset": questions_digest(subset)})
         self.subset = SubsetEvaluator(self.tokenizer, subset, eval_config, cache_bytes)
         self._warmup: SubsetEvaluator | None = None
         self._warmup_logits: torch.Tensor | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import shutil
@@ -272,6 +273,16 @@ def _resolve_files(path_or_repo_id: str, revision: str | None) -> Path:
             f"could not load {path_or_repo_id!r}: it is not a local folder and the hub download failed ({exc}). "
             "Pass a local checkpoint folder, or run offline with the demo world (`--study demo`)."
         ) from exc
+
+
+def weights_digest(path_or_repo_id: str | Path, revision: str | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of a checkpoint's weights file: which weights a result describes.
+
+    Reads the whole file (about a second per GB), so two checkpoints in the same folder at different times,
+    or a retrained teacher shipped under the same path, tell apart."""
+    folder = _resolve_files(str(path_or_repo_id), revision)
+    with open(folder / WEIGHTS_FILE, "rb") as weights:
+        return hashlib.file_digest(weights, "sha256").hexdigest()[:16]
 
 
 def _image_token_id_for(folder: Path, cfg: VLMConfig, extras: dict) -> int:
