@@ -1,19 +1,22 @@
 """The whole demo flow that README reports, as one resumable command (issue 14: re-measure after a teacher).
 
-`python -m benchmarks.demo_flow [--study demo] [--trials 200] [--also 0 1 2 3 4 5] [--sensitivity]`
+`python -m benchmarks.demo_flow [--study demo] [--trials 200] [--also N ...] [--sensitivity] [--fresh]`
 
 Runs, each as its own process exactly as a user types it, one at a time:
 
 1. `python -m search.run --study S --trials N` (continues a study that has fewer trials);
 2. `python -m distill.promote --study S`;
 3. `python -m distill.finalize --study S --trial T` for every promoted trial and every trial of ``--also``
-   (those with `--allow-unpromoted`; by default the teacher and the hand-picked references #0-#5), skipping
+   (those with `--allow-unpromoted`; by default the study's teacher and hand-picked references), skipping
    trials the study has finalized already, so a stopped flow resumes where it was;
 4. `python -m reports.build --study S --png`;
 5. with ``--sensitivity``, `python -m benchmarks.sensitivity` (the knob table).
 
-It logs each step's wall time with the load average before and after it (a timing taken while something
-else ran is not a measurement), then writes the table of finalized trials (post hoc on the search subset,
+A study searched with another teacher or on other questions refuses to go on (`ledger.records.check_world`);
+``--fresh`` first moves the study's SQLite database and folder aside (renamed with a time stamp: nothing is
+deleted) and starts a new one, e.g. to re-measure after a new demo teacher. It logs each step's wall time
+with the load average before and after it (a timing taken while something else ran is not a
+measurement), then writes the table of finalized trials (post hoc on the search subset,
 post hoc on the whole validation split, distilled) and the post-hoc -> distilled Spearman rho with its
 interval to ``benchmarks/results/demo_flow_<study>.json`` and ``.md``.
 """
@@ -32,7 +35,7 @@ from vlm.cli import UsageError, make_parser, run
 
 logger = logging.getLogger(__name__)
 
-REFERENCES = (0, 1, 2, 3, 4, 5)  # the demo studies' teacher and hand-picked references (search.references)
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the steps import this checkout, whatever the cwd
 
 
 def _parser():
@@ -43,9 +46,15 @@ def _parser():
         "--also",
         type=int,
         nargs="*",
-        default=list(REFERENCES),
+        default=None,
         metavar="TRIAL",
-        help="trials finalized besides the promoted ones (with --allow-unpromoted)",
+        help="trials finalized besides the promoted ones, with --allow-unpromoted (default: the study's teacher "
+        "and hand-picked references)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="move the study's SQLite database and folder aside (time-stamped) and search from scratch",
     )
     parser.add_argument(
         "--no-png", action="store_true", help="build the report without its PNG (no Chromium)"
@@ -60,7 +69,11 @@ def _step(name: str, args: list[str], steps: list[dict]) -> None:
     load_before = os.getloadavg()[0]
     start = time.monotonic()
     logger.info("%s: python -m %s (load average %.2f)", name, " ".join(args), load_before)
-    code = subprocess.run([sys.executable, "-m", *args], check=False).returncode
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    code = subprocess.run([sys.executable, "-m", *args], check=False, env=env).returncode
     seconds = time.monotonic() - start
     steps.append(
         {"step": name, "command": " ".join(args), "seconds": round(seconds, 1), "rc": code}
@@ -80,10 +93,14 @@ def _open(study_name: str):
 
 
 def summary_table(study) -> dict:
-    """Finalized trials (post hoc and distilled) and how well post hoc ranked them, from the study."""
-    from ledger.records import read_finalized
-    from reports.data import spearman, spearman_interval
+    """Finalized trials (post hoc and distilled) and how well post hoc ranked them, from the study (the
+    report's own rank correlation, `reports.data.rank_correlation`)."""
+    import pandas as pd
 
+    from ledger.records import read_finalized
+    from reports.data import rank_correlation
+
+    records = sorted(read_finalized(study).values(), key=lambda r: -r.gflops)
     rows = [
         {
             "trial": r.trial,
@@ -94,11 +111,31 @@ def summary_table(study) -> dict:
             "distilled": r.mcq_accuracy,
             "distilled_ci": [round(r.ci_low, 3), round(r.ci_high, 3)],
         }
-        for r in sorted(read_finalized(study).values(), key=lambda r: -r.gflops)
+        for r in records
     ]
-    rho = spearman([r["posthoc_subset"] for r in rows], [r["distilled"] for r in rows])
-    low, high = spearman_interval(rho, len(rows))
-    return {"finalized": rows, "spearman": {"rho": rho, "interval": [low, high], "n": len(rows)}}
+    frame = pd.DataFrame(
+        {
+            "posthoc_accuracy": [r["posthoc_subset"] for r in rows],
+            "distilled_accuracy": [r["distilled"] for r in rows],
+        }
+    )
+    correlation = rank_correlation(frame)
+    return {"finalized": rows, "rank_correlation": correlation._asdict()}
+
+
+def _move_aside(study_name: str) -> None:
+    """`--fresh`: rename the study's default SQLite database and artifact folder with a time stamp."""
+    from ledger.config import load_study_config
+    from ledger.storage import parse_storage_url
+
+    config = load_study_config(study_name)
+    parsed = parse_storage_url(config.default_storage)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in (Path(parsed.database), config.artifacts_dir):
+        if path.exists():
+            aside = path.with_name(f"{path.name}.{stamp}.bak")
+            path.rename(aside)
+            logger.info("--fresh: moved %s to %s", path, aside)
 
 
 def _markdown(summary: dict) -> str:
@@ -113,16 +150,34 @@ def _markdown(summary: dict) -> str:
             f"| {r['trial']} | {r['gflops']:.3f} | {r['reduction_pct']:.1f}% | {r['posthoc_subset']:.3f} | "
             f"{full} | {r['distilled']:.3f} [{low:.3f}, {high:.3f}] |"
         )
-    rho = summary["spearman"]
-    lines.append("")
-    lines.append(
-        f"Spearman rho post hoc -> distilled over {rho['n']} trials: {rho['rho']:.2f} "
-        f"[{rho['interval'][0]:.2f}, {rho['interval'][1]:.2f}]"
-    )
+    lines += ["", f"Post hoc -> distilled: {summary['rank_correlation']['note']}"]
     lines += ["", "| step | minutes | load before -> after |", "|---|---|---|"]
     for s in summary["steps"]:
         lines.append(f"| {s['step']} | {s['seconds'] / 60:.1f} | {s['load_before']} -> {s['load_after']} |")
     return "\n".join(lines) + "\n"
+
+
+def _finalize_list(study, promoted: list[int], also: list[int] | None) -> list[int]:
+    """Promoted trials, then ``also`` (default: the references), keeping only trials that completed."""
+    from optuna.trial import TrialState
+
+    from ledger.rules import reference_trials
+
+    if also is None:
+        also = sorted(t.number for t in reference_trials(study).values())
+    complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    missing = [n for n in also if n not in complete]
+    if missing:
+        logger.warning("not finalizing %s: no such COMPLETE trial in the study", missing)
+    return list(dict.fromkeys([*promoted, *(n for n in also if n in complete)]))
+
+
+def _write(out: Path, study_name: str, summary: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(study_name).stem
+    (out / f"demo_flow_{name}.json").write_text(json.dumps(summary, indent=2))
+    if "finalized" in summary:
+        (out / f"demo_flow_{name}.md").write_text(_markdown(summary))
 
 
 def _run(args) -> int:
@@ -130,32 +185,34 @@ def _run(args) -> int:
 
     if args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    if args.fresh:
+        _move_aside(args.study)
     steps: list[dict] = []
-    _step("search", ["search.run", "--study", args.study, "--trials", str(args.trials)], steps)
-    _step("promote", ["distill.promote", "--study", args.study], steps)
-    _, study = _open(args.study)
-    promoted = [p.trial for p in read_promoted(study) or []]
-    done = set(read_finalized(study))
-    wanted = list(dict.fromkeys([*promoted, *args.also]))
-    logger.info("promoted %s; finalizing %s (%s done before)", promoted, wanted, sorted(done & set(wanted)))
-    for trial in wanted:
-        if trial in done:
-            continue
-        extra = [] if trial in promoted else ["--allow-unpromoted"]
-        _step(
-            f"finalize #{trial}",
-            ["distill.finalize", "--study", args.study, "--trial", str(trial), *extra],
-            steps,
+    try:
+        _step("search", ["search.run", "--study", args.study, "--trials", str(args.trials)], steps)
+        _step("promote", ["distill.promote", "--study", args.study], steps)
+        _, study = _open(args.study)
+        promoted = [p.trial for p in read_promoted(study) or []]
+        done = set(read_finalized(study))
+        wanted = _finalize_list(study, promoted, args.also)
+        logger.info(
+            "promoted %s; finalizing %s (%s done before)", promoted, wanted, sorted(done & set(wanted))
         )
-    _step("report", ["reports.build", "--study", args.study, *([] if args.no_png else ["--png"])], steps)
-    if args.sensitivity:
-        _step("knob table", ["benchmarks.sensitivity"], steps)
+        for trial in wanted:
+            if trial in done:
+                continue
+            extra = [] if trial in promoted else ["--allow-unpromoted"]
+            command = ["distill.finalize", "--study", args.study, "--trial", str(trial), *extra]
+            _step(f"finalize #{trial}", command, steps)
+        _step("report", ["reports.build", "--study", args.study, *([] if args.no_png else ["--png"])], steps)
+        if args.sensitivity:
+            _step("knob table", ["benchmarks.sensitivity"], steps)
+    except UsageError:
+        _write(args.out, args.study, {"study": args.study, "steps": steps, "stopped": True})  # timings so far
+        raise
     _, study = _open(args.study)  # again: finalize wrote to it
     summary = {"study": args.study, "promoted": promoted, **summary_table(study), "steps": steps}
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = Path(args.study).stem
-    (args.out / f"demo_flow_{name}.json").write_text(json.dumps(summary, indent=2))
-    (args.out / f"demo_flow_{name}.md").write_text(_markdown(summary))
+    _write(args.out, args.study, summary)
     print(_markdown(summary))
     return 0
 

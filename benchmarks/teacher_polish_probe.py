@@ -21,7 +21,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from vlm.cli import make_parser, run
+from vlm.cli import UsageError, make_parser, run
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +48,23 @@ def _run(args) -> int:
     from torch.optim.swa_utils import AveragedModel
 
     from vlm.atomic import write_json
-    from vlm.checkpoint import load_pretrained
+    from vlm.checkpoint import TOKENIZER_DIR, load_pretrained
     from vlm.data import DataConfig, load_examples
     from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset, question_kinds
     from vlm.demo.recipe import SessionMix, TeacherTrainConfig
     from vlm.demo.step_batches import StepBatches
-    from vlm.demo.teacher import VQA_STAGE, _vqa_batch, build_demo_tokenizer, train_decoder_stage
+    from vlm.demo.teacher import VQA_STAGE, _vqa_batch, train_decoder_stage
     from vlm.demo.train_teacher import accuracy_by_kind, blank_images
     from vlm.demo.training_state import TrainingState
     from vlm.evaluate import EvalConfig, evaluate_mcq
     from vlm.paths import cache_dir
+    from vlm.tokenizer import load_tokenizer
 
+    if not 1 <= args.average_from <= args.steps or args.average_every < 1:
+        raise UsageError(
+            f"--average-from {args.average_from} must be in [1, --steps {args.steps}] and --average-every >= 1: "
+            "otherwise no snapshot is averaged"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -69,13 +75,14 @@ def _run(args) -> int:
     kinds = question_kinds(data_config, "validation")
     correct = {e.question_id: e.correct_choice_idx for e in val}
     eval_config = EvalConfig(batch_size=64, show_progress=False)
-    tokenizer = build_demo_tokenizer()
 
     def score(model, examples=val) -> dict:
         result = evaluate_mcq(model, tokenizer, examples, eval_config)
         return {"mcq": round(result.accuracy, 4), "by_kind": accuracy_by_kind(result, kinds, correct)}
 
     model = load_pretrained(args.init).float()
+    # The checkpoint's own tokenizer: another generator version's vocabulary would give other word ids.
+    tokenizer = load_tokenizer(str(args.init / TOKENIZER_DIR), model.cfg)
     config = TeacherTrainConfig(
         vqa_steps=args.steps,
         batch_size=args.batch_size,
