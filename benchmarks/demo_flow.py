@@ -89,7 +89,7 @@ def _open(study_name: str):
     from ledger.storage import load_existing_study
 
     config = load_study_config(study_name)
-    return config, load_existing_study(config.name, config.default_storage, read_only=True)
+    return load_existing_study(config.name, config.default_storage, read_only=True)
 
 
 def summary_table(study) -> dict:
@@ -191,7 +191,7 @@ def _run(args) -> int:
     try:
         _step("search", ["search.run", "--study", args.study, "--trials", str(args.trials)], steps)
         _step("promote", ["distill.promote", "--study", args.study], steps)
-        _, study = _open(args.study)
+        study = _open(args.study)
         promoted = [p.trial for p in read_promoted(study) or []]
         done = set(read_finalized(study))
         wanted = _finalize_list(study, promoted, args.also)
@@ -210,7 +210,7 @@ def _run(args) -> int:
     except UsageError:
         _write(args.out, args.study, {"study": args.study, "steps": steps, "stopped": True})  # timings so far
         raise
-    _, study = _open(args.study)  # again: finalize wrote to it
+    study = _open(args.study)  # again: finalize wrote to it
     summary = {"study": args.study, "promoted": promoted, **summary_table(study), "steps": steps}
     _write(args.out, args.study, summary)
     print(_markdown(summary))

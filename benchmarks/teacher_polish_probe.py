@@ -53,7 +53,7 @@ def _run(args) -> int:
     from vlm.demo.dataset import DemoDataConfig, ensure_demo_dataset, question_kinds
     from vlm.demo.recipe import SessionMix, TeacherTrainConfig
     from vlm.demo.step_batches import StepBatches
-    from vlm.demo.teacher import VQA_STAGE, _vqa_batch, train_decoder_stage
+    from vlm.demo.teacher import VQA_STAGE, train_decoder_stage, vqa_batch
     from vlm.demo.train_teacher import accuracy_by_kind, blank_images
     from vlm.demo.training_state import TrainingState
     from vlm.evaluate import EvalConfig, evaluate_mcq
@@ -76,13 +76,14 @@ def _run(args) -> int:
     correct = {e.question_id: e.correct_choice_idx for e in val}
     eval_config = EvalConfig(batch_size=64, show_progress=False)
 
+    model = load_pretrained(args.init).float()
+    # The checkpoint's own tokenizer: another generator version's vocabulary would give other word ids.
+    tokenizer = load_tokenizer(str(args.init / TOKENIZER_DIR), model.cfg)
+
     def score(model, examples=val) -> dict:
         result = evaluate_mcq(model, tokenizer, examples, eval_config)
         return {"mcq": round(result.accuracy, 4), "by_kind": accuracy_by_kind(result, kinds, correct)}
 
-    model = load_pretrained(args.init).float()
-    # The checkpoint's own tokenizer: another generator version's vocabulary would give other word ids.
-    tokenizer = load_tokenizer(str(args.init / TOKENIZER_DIR), model.cfg)
     config = TeacherTrainConfig(
         vqa_steps=args.steps,
         batch_size=args.batch_size,
@@ -108,7 +109,7 @@ def _run(args) -> int:
             logger.info("step %d: %s", done, curve[-1])
 
     rng = random.Random(f"teacher-polish/{args.seed}")
-    make = partial(_vqa_batch, tokenizer=tokenizer, cfg=model.cfg, spec=model.image_spec, config=config)
+    make = partial(vqa_batch, tokenizer=tokenizer, cfg=model.cfg, spec=model.image_spec, config=config)
     start = time.time()
     batches = StepBatches(make, rng, None)
     train_decoder_stage(
@@ -116,13 +117,14 @@ def _run(args) -> int:
     )
     seconds = time.time() - start
     average = averaged.module.eval()
+    blank = blank_images(val)
     results = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "train_seconds": round(seconds, 1),
         "curve": curve,
         "averaged": {**score(average), "snapshots": int(averaged.n_averaged)},
-        "averaged_blank": score(average, blank_images(val))["mcq"],
-        "final_blank": score(model, blank_images(val))["mcq"],
+        "averaged_blank": score(average, blank)["mcq"],
+        "final_blank": score(model, blank)["mcq"],
     }
     out = Path("benchmarks/results") / f"teacher_polish_{args.tag}.json"
     write_json(out, results, indent=2)

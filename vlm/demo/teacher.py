@@ -145,7 +145,8 @@ def _letter_batch(rng: random.Random, step: int, *, tokenizer, size: int) -> dic
     return collate_sequences(prompts, tokenizer.pad_token_id)
 
 
-def _vqa_batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, config: TeacherTrainConfig) -> dict:
+def vqa_batch(rng: random.Random, step: int, *, tokenizer, cfg, spec, config: TeacherTrainConfig) -> dict:
+    """VQA-stage batch `step`: `config.batch_size` sessions (`vqa_session`) of `config.session`'s mix."""
     # The kind curriculum: the first `first_steps` steps ask only `first_kinds`.
     kinds = config.first_kinds if step < config.first_steps else config.session.kinds
     mix = dataclasses.replace(config.session, kinds=kinds)
@@ -233,7 +234,7 @@ def train_teacher(
         logger.info("%s step %d: %s", VQA_STAGE, done, point)
 
     if not state.is_done(VQA_STAGE):
-        make = partial(_vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=model.image_spec, config=config)
+        make = partial(vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=model.image_spec, config=config)
         batches = StepBatches(make, rng, _stream_prefix(config, VQA_STAGE))
         train_decoder_stage(model, VQA_STAGE, config.vqa_steps, batches, config, state, data_workers, score)
     model.to("cpu")

@@ -116,7 +116,7 @@ def test_the_shared_stream_draws_what_the_sessions_drew_before():
     from functools import partial
 
     from vlm.demo.sessions import vqa_session
-    from vlm.demo.teacher import _vqa_batch, build_demo_tokenizer, demo_vlm_config
+    from vlm.demo.teacher import build_demo_tokenizer, demo_vlm_config, vqa_batch
     from vlm.model import VisionLanguageModel
     from vlm.supervised import collate_sequences
     from vlm.tokenizer import special_token_ids
@@ -125,7 +125,7 @@ def test_the_shared_stream_draws_what_the_sessions_drew_before():
     tokenizer = build_demo_tokenizer()
     cfg = demo_vlm_config(len(tokenizer))
     spec = VisionLanguageModel(cfg, special_token_ids(tokenizer, cfg)["image_token"]).image_spec
-    make = partial(_vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=spec, config=config)
+    make = partial(vqa_batch, tokenizer=tokenizer, cfg=cfg, spec=spec, config=config)
     drawn = list(iterate(StepBatches(make, random.Random(5), None), 0, 4))
     rng = random.Random(5)
     for step, batch in enumerate(drawn):
