@@ -170,10 +170,20 @@ def finalize(
                 teacher, tokenizer, train, cache, config.search.batch_size
             )
         student = build_student(teacher, compression, settings)
-        match_fresh_resampler(student, teacher, tokenizer, train, settings, seed=config.search.seed)
-        rank_fresh_scorer(student, tokenizer, train, settings, seed=config.search.seed)
+
+        def first_phase() -> None:  # skipped on resume: the checkpoint holds what it would train
+            match_fresh_resampler(student, teacher, tokenizer, train, settings, seed=config.search.seed)
+            rank_fresh_scorer(student, tokenizer, train, settings, seed=config.search.seed)
+
         result = train_student(
-            student, tokenizer, train, teacher_logits, settings, run_dir, seed=config.search.seed
+            student,
+            tokenizer,
+            train,
+            teacher_logits,
+            settings,
+            run_dir,
+            seed=config.search.seed,
+            before_training=first_phase,
         )
         if not main:  # every process holds the same weights now: one saves, evaluates and records them
             return _shared_record(state, None)

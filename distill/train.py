@@ -24,6 +24,7 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -348,8 +349,12 @@ def train_student(
     run_dir: Path,
     seed: int = 0,
     da_fraction: float | None = None,
+    before_training: Callable[[], object] | None = None,
 ) -> TrainResult:
     """Distill `student` in place; resumes from `run_dir/checkpoint` if a killed run left one.
+
+    ``before_training`` (the first phase of fresh weights: `match_fresh_resampler`, `rank_fresh_scorer`) runs
+    only when the run starts from step 0: a resumed run's checkpoint holds the weights it would train.
 
     Under `accelerate launch` every process calls this with the same arguments (`run_dir` on a file system
     they all see); `settings.batch_size` is the global batch, split across the processes."""
@@ -395,7 +400,6 @@ def train_student(
     state_bytes = sum(
         p.numel() * p.element_size() * (3 if p.requires_grad else 1) for p in student.parameters()
     )
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     loss_fn = DistillationLoss(settings.kd_weight, settings.temperature)
     run_dir.mkdir(parents=True, exist_ok=True)
     # One sampler, seeded alike on every process: all draw the same global batches, each trains on its shard.
@@ -417,6 +421,9 @@ def train_student(
             if accelerator.is_main_process:
                 remove_checkpoints(run_dir)
             checkpoint = None
+    if checkpoint is None and before_training is not None:
+        before_training()  # in place, on the weights the optimizer holds (deterministic on every process)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         start_step = state["step"]

@@ -205,3 +205,18 @@ def test_killed_finalize_resumes_from_its_checkpoint(searched, world, caplog):
     assert record["train"]["steps"] == 40
     assert record["train"]["resumed_from"] == checkpoint_step
     assert _model_is_complete_or_absent(run_dir / "model") and (run_dir / "model").is_dir()
+
+
+def test_finalize_warms_up_a_fresh_resampler_before_distilling_it(searched, world, caplog):
+    """The study's first phase (`resampler_match_steps`) runs in finalize, on the 50% resampler reference."""
+    study = searched.load()
+    (number,) = [
+        t.number
+        for t in study.trials
+        if t.user_attrs.get("config", {}).get("resampler_width") and t.state.name == "COMPLETE"
+    ][:1]
+    toml = study_toml(searched.root, world, steps=2, batch_size=4, train_size=16, resampler_match_steps=3)
+    caplog.set_level(logging.INFO, logger="distill.train")
+    args = ["--study", str(toml), "--storage", searched.url, "--trial", str(number), "--allow-unpromoted"]
+    assert main(args) == 0
+    assert "resampler matched to the teacher's pooled tokens" in caplog.text

@@ -113,11 +113,19 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
                 raise _Crash
             super().backward(loss, **kwargs)
 
+    first_phases = []  # the first phase of fresh weights runs on a fresh start only, never on resume
     run = tmp_path / "crashed"
     with monkeypatch.context() as patch:
         patch.setattr(distill.train, "Accelerator", CrashingAccelerator)
         with pytest.raises(_Crash):
-            train_student(_student(teacher, RESAMPLER), *args, run, da_fraction=0.5)
+            train_student(
+                _student(teacher, RESAMPLER),
+                *args,
+                run,
+                da_fraction=0.5,
+                before_training=lambda: first_phases.append("crashed"),
+            )
+    assert first_phases == ["crashed"]
     assert json.loads((run / "checkpoint" / STATE_FILE).read_text())["step"] == 2
     # The same crash, had it come while the next checkpoint was being swapped in: the complete one has been
     # moved aside to checkpoint.old/ and the new one is still a half-written checkpoint.tmp/.
@@ -132,8 +140,15 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
         resumed = _student(teacher, RESAMPLER, seed=1)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="distill.train"):
-            result = train_student(resumed, *args, run_dir, da_fraction=0.5)
+            result = train_student(
+                resumed,
+                *args,
+                run_dir,
+                da_fraction=0.5,
+                before_training=lambda: first_phases.append("resumed"),
+            )
         assert "resuming distillation from step 2" in caplog.text
+        assert first_phases == ["crashed"], "a resumed run trained its first phase again"
         assert (result.steps, result.resumed_from) == (4, 2)
         assert result.final_loss == pytest.approx(straight_result.final_loss, abs=1e-6)
         got = _state(resumed)

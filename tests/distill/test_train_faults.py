@@ -22,11 +22,22 @@ POOLED = CompressionConfig(token_grid=4)
 SETTINGS = dataclasses.replace(TRAIN, steps=2, checkpoint_every=1)  # leaves the step-1 checkpoint behind
 
 
-def _train(world_teacher, train_examples, teacher_logits, run_dir, settings=SETTINGS, compression=POOLED):
+def _train(
+    world_teacher,
+    train_examples,
+    teacher_logits,
+    run_dir,
+    settings=SETTINGS,
+    compression=POOLED,
+    first_phases=None,
+):
     teacher, tokenizer = world_teacher
     torch.manual_seed(0)
     student = build_student(teacher, compression, settings)
-    return train_student(student, tokenizer, train_examples, teacher_logits, settings, run_dir)
+    before = None if first_phases is None else lambda: first_phases.append(run_dir)
+    return train_student(
+        student, tokenizer, train_examples, teacher_logits, settings, run_dir, before_training=before
+    )
 
 
 @pytest.mark.parametrize(
@@ -40,18 +51,25 @@ def test_a_checkpoint_is_resumed_only_by_the_run_it_was_written_for(
     change, world_teacher, train_examples, teacher_logits, tmp_path, caplog
 ):
     run_dir = tmp_path / "run"
-    assert _train(world_teacher, train_examples, teacher_logits, run_dir).resumed_from == 0
+    phases = []  # calls of the first phase (fresh weights), which only a run starting from step 0 makes
+    assert (
+        _train(world_teacher, train_examples, teacher_logits, run_dir, first_phases=phases).resumed_from == 0
+    )
     assert json.loads((run_dir / "checkpoint" / STATE_FILE).read_text())["step"] == 1
+    assert len(phases) == 1
 
-    # The same run again resumes from the checkpoint ...
+    # The same run again resumes from the checkpoint, without the first phase ...
     caplog.set_level(logging.INFO, logger="distill.train")
-    assert _train(world_teacher, train_examples, teacher_logits, run_dir).resumed_from == 1
+    assert (
+        _train(world_teacher, train_examples, teacher_logits, run_dir, first_phases=phases).resumed_from == 1
+    )
     assert "resuming distillation from step 1" in caplog.text
+    assert len(phases) == 1
 
-    # ... a run with other settings or another student starts over and says why.
+    # ... a run with other settings or another student starts over (first phase included) and says why.
     caplog.clear()
-    result = _train(world_teacher, train_examples, teacher_logits, run_dir, **change)
-    assert result.resumed_from == 0
+    result = _train(world_teacher, train_examples, teacher_logits, run_dir, first_phases=phases, **change)
+    assert result.resumed_from == 0 and len(phases) == 2
     assert "resuming distillation" not in caplog.text
     expected = "distill.lr" if "settings" in change else "compression.token_grid"
     (line,) = [r.getMessage() for r in caplog.records if "not resuming" in r.getMessage()]
