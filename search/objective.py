@@ -167,7 +167,7 @@ class Objective:
                     loss = warm_up_as_study(
                         student, plan, ctx.teacher, search, warmup, teacher_logits, search.seed + trial.number
                     )
-                trial.set_user_attr("resampler_warmup_loss", loss)
+                trial.set_user_attr("fresh_weights_warmup_loss", loss)
             threshold = ctx.promotion_threshold if search.early_stop else None
             fill = (ctx.subset.fill.seconds, ctx.subset.fill.views)
             with meter.stage("score"):  # feature-cache fill (ViT on misses), connector and decoder prefill

@@ -201,7 +201,7 @@ def test_resampler_trial_scores_the_same_whatever_ran_before_it(searched, world,
     again = _reference(load(url), "50% resampler")
     assert again.number == first.number
     assert again.values == first.values
-    assert again.user_attrs["resampler_warmup_loss"] == first.user_attrs["resampler_warmup_loss"]
+    assert again.user_attrs["fresh_weights_warmup_loss"] == first.user_attrs["fresh_weights_warmup_loss"]
 
 
 def _reference(study: optuna.Study, name: str):
