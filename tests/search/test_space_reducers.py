@@ -132,7 +132,9 @@ def test_reducer_references_run_in_a_study(world, world_teacher, tmp_path):
     assert set(norm.params) - set(PARAMS) <= set(REDUCER_PARAMS)
     assert norm.user_attrs["config"]["keep_tokens_by_norm"] == 32  # half of the 8x8 tokens per view
     assert score.user_attrs["config"]["keep_tokens_by_score"] == 32
-    assert "fresh_weights_warmup_loss" in score.user_attrs and "fresh_weights_warmup_loss" not in norm.user_attrs
+    assert (
+        "fresh_weights_warmup_loss" in score.user_attrs and "fresh_weights_warmup_loss" not in norm.user_attrs
+    )
     assert norm.user_attrs["tokens_per_view"] == score.user_attrs["tokens_per_view"] == 32
     teacher_trial = by_name["teacher"]
     assert norm.user_attrs["image_tokens"] == pytest.approx(teacher_trial.user_attrs["image_tokens"] / 2)
