@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from optuna.trial import TrialState
 
 from distill.finalize import main
 from distill.train import STATE_FILE
@@ -210,11 +211,11 @@ def test_killed_finalize_resumes_from_its_checkpoint(searched, world, caplog):
 def test_finalize_warms_up_a_fresh_resampler_before_distilling_it(searched, world, caplog):
     """The study's first phase (`resampler_match_steps`) runs in finalize, on the 50% resampler reference."""
     study = searched.load()
-    (number,) = [
+    number = next(
         t.number
         for t in study.trials
-        if t.user_attrs.get("config", {}).get("resampler_width") and t.state.name == "COMPLETE"
-    ][:1]
+        if t.state == TrialState.COMPLETE and t.user_attrs["config"].get("resampler_width")
+    )
     toml = study_toml(searched.root, world, steps=2, batch_size=4, train_size=16, resampler_match_steps=3)
     caplog.set_level(logging.INFO, logger="distill.train")
     args = ["--study", str(toml), "--storage", searched.url, "--trial", str(number), "--allow-unpromoted"]
