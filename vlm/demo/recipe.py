@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+VIT_HEADS = 4  # the demo ViT's attention heads; its width must divide by them
+
 
 def _check_kinds(name: str, kinds: tuple[str, ...]) -> None:
     from vlm.demo.scenes import QUESTION_KINDS
@@ -47,6 +49,9 @@ class TeacherTrainConfig:
 
     vision_steps: int = 2000  # stage 1: dense per-patch pre-training of the ViT (vision_pretrain.py)
     vision_lr: float = 2e-3
+    # The ViT's width (nanoVLM's is 768), its MLP 4x that, 4 heads. 96 read small objects better than 64 in
+    # the vision stage alone (docs/symbolic_scene_probe.md, session 14) at ~1.8x its cost.
+    vit_width: int = 64
     letter_steps: int = 400  # stage 2: text-only "Which option is X?" drill (sessions.letter_mapping_prompt)
     letter_batch_size: int = 32
     # Stage 3: multi-turn VQA sessions, MCQ and direct answers mixed. The defaults are the shipped teacher's
@@ -72,6 +77,10 @@ class TeacherTrainConfig:
 
     def __post_init__(self) -> None:
         _check_kinds("first_kinds", self.first_kinds)
+        if self.vit_width <= 0 or self.vit_width % VIT_HEADS:
+            raise ValueError(
+                f"vit_width must be a positive multiple of {VIT_HEADS} (the ViT's heads), got {self.vit_width}"
+            )
         if (self.first_steps > 0) != bool(self.first_kinds):
             raise ValueError("give first_kinds exactly when first_steps > 0 (the kind curriculum)")
         if not 0 <= self.first_steps <= self.vqa_steps:

@@ -21,7 +21,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vlm.checkpoint import save_pretrained
 from vlm.config import VLMConfig
-from vlm.demo.recipe import TeacherTrainConfig
+from vlm.demo.recipe import VIT_HEADS, TeacherTrainConfig
 from vlm.demo.scenes import demo_vocabulary
 from vlm.demo.sessions import letter_mapping_prompt, vqa_session
 from vlm.demo.step_batches import StepBatches, iterate
@@ -37,20 +37,20 @@ logger = logging.getLogger(__name__)
 SHIPPED_TEACHER = Path(__file__).parent / "assets" / "teacher"
 
 
-def demo_vlm_config(vocab_size: int) -> VLMConfig:
+def demo_vlm_config(vocab_size: int, vit_width: int = 64) -> VLMConfig:
     """nanoVLM's shape at toy scale: 64 px views, patch 8 -> 8x8 patches -> 8x8 = 64 tokens per view.
 
     The pixel-shuffle factor is 1 (nanoVLM's is 4) because a 16x16 patch grid per view made training
     ~3x slower on 2 CPU cores; the projector and token count per view (64) are nanoVLM's. The decoder is
     192 wide: at 96 it never learned to answer with the letter of the matching choice
-    (benchmarks/letter_mapping_probe.py).
+    (benchmarks/letter_mapping_probe.py). `vit_width` is `TeacherTrainConfig.vit_width`.
     """
     return VLMConfig(
-        vit_hidden_dim=64,
-        vit_inter_dim=256,
+        vit_hidden_dim=vit_width,
+        vit_inter_dim=4 * vit_width,
         vit_patch_size=8,
         vit_img_size=64,
-        vit_n_heads=4,
+        vit_n_heads=VIT_HEADS,
         vit_n_blocks=4,
         vit_model_type="demo-vit",
         lm_hidden_dim=192,
@@ -192,7 +192,7 @@ def train_teacher(
     """
     torch.manual_seed(config.seed)
     tokenizer = build_demo_tokenizer()
-    cfg = demo_vlm_config(len(tokenizer))
+    cfg = demo_vlm_config(len(tokenizer), config.vit_width)
     model = VisionLanguageModel(cfg, special_token_ids(tokenizer, cfg)["image_token"])
     init_for_scratch_training(model)
     logger.info("demo teacher: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)

@@ -57,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> TeacherTrainConfig:
         return dataclasses.replace(
             defaults,
             vision_steps=args.vision_steps,
+            vit_width=args.vit_width,
             letter_steps=args.letter_steps,
             vqa_steps=args.vqa_steps,
             batch_size=args.batch_size,
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "images.",
     )
     parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="stage 1: ViT steps")
+    parser.add_argument(
+        "--vit-width",
+        type=int,
+        default=defaults.vit_width,
+        help="the ViT's width (MLP 4x, 4 heads; a multiple of 4)",
+    )
     parser.add_argument(
         "--letter-steps",
         type=int,

@@ -157,3 +157,4 @@ def test_no_options_give_the_shipped_recipe_and_either_half_switches_the_curricu
         assert (config(*off).first_kinds, config(*off).first_steps) == ((), 0)
     balanced = config("--balance-relations", "--location-fraction", "0")
     assert balanced.session.balance_relations and balanced.session.location_fraction == 0
+    assert config("--vit-width", "96").vit_width == 96

@@ -103,10 +103,12 @@ def test_a_short_teacher_run_trains_and_saves_a_loadable_checkpoint(tmp_path):
         session=SessionMix(turns=2),
         warmup_steps=1,
         first_steps=1,
+        vit_width=32,  # not the default 64: the option must reach the model and its saved config
     )
     torch.manual_seed(0)
     model, tokenizer = train_teacher(config, tmp_path / "teacher")
     loaded = load_pretrained(tmp_path / "teacher")
+    assert (loaded.cfg.vit_hidden_dim, loaded.cfg.vit_inter_dim) == (32, 128)
     ids = torch.tensor([tokenizer("red circle", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         assert torch.equal(model(ids, None).argmax(-1), loaded(ids, None).argmax(-1))
@@ -156,6 +158,11 @@ def test_session_count_answers_are_supported_by_the_scene_and_close_to_the_datas
     # The dataset's answer shares are 1/8, 1/4, 1/4, 1/4, 1/8 (scenes.draw_plan).
     for share, target in zip(shares, (0.125, 0.25, 0.25, 0.25, 0.125), strict=True):
         assert abs(share - target) < 0.07, shares
+
+
+def test_a_vit_width_the_heads_cannot_split_is_refused_by_name():
+    with pytest.raises(ValueError, match="vit_width"):
+        TeacherTrainConfig(vit_width=90)
 
 
 def test_session_mix_rejects_fractions_outside_zero_one_and_empty_sessions():
