@@ -49,8 +49,8 @@ class TeacherTrainConfig:
 
     vision_steps: int = 2000  # stage 1: dense per-patch pre-training of the ViT (vision_pretrain.py)
     vision_lr: float = 2e-3
-    # The ViT's width (nanoVLM's is 768), its MLP 4x that, 4 heads. 96 read small objects better than 64 in
-    # the vision stage alone (docs/symbolic_scene_probe.md, session 14) at ~1.8x its cost.
+    # The ViT's width (nanoVLM's is 768), its MLP 4x that, VIT_HEADS heads. 96 read small objects better
+    # than 64 but the VQA stage then learned more slowly (docs/symbolic_scene_probe.md, session 15).
     vit_width: int = 64
     letter_steps: int = 400  # stage 2: text-only "Which option is X?" drill (sessions.letter_mapping_prompt)
     letter_batch_size: int = 32

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 SHIPPED_TEACHER = Path(__file__).parent / "assets" / "teacher"
 
 
-def demo_vlm_config(vocab_size: int, vit_width: int = 64) -> VLMConfig:
+def demo_vlm_config(vocab_size: int, vit_width: int = TeacherTrainConfig.vit_width) -> VLMConfig:
     """nanoVLM's shape at toy scale: 64 px views, patch 8 -> 8x8 patches -> 8x8 = 64 tokens per view.
 
     The pixel-shuffle factor is 1 (nanoVLM's is 4) because a 16x16 patch grid per view made training

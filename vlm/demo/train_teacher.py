@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from vlm.cli import UsageError, make_parser, parse_device, run
-from vlm.demo.recipe import TeacherTrainConfig
+from vlm.demo.recipe import VIT_HEADS, TeacherTrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vit-width",
         type=int,
         default=defaults.vit_width,
-        help="the ViT's width (MLP 4x, 4 heads; a multiple of 4)",
+        help=f"the ViT's width (MLP 4x, {VIT_HEADS} heads; a multiple of {VIT_HEADS})",
     )
     parser.add_argument(
         "--letter-steps",
